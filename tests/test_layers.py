@@ -1,0 +1,194 @@
+"""KAN layers against independent references, numerical safety and the training hooks."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from timm_kan.layers import BSplineKANLinear, ChebyshevKANLinear, KANMlp, b_spline_basis, chebyshev_basis
+
+
+def _cox_de_boor_scalar(x: float, knots, j: int, k: int) -> float:
+    """Textbook per-element recursion: B_{j,0} = [t_j <= x < t_{j+1}], then the two-term blend."""
+    if k == 0:
+        return 1.0 if knots[j] <= x < knots[j + 1] else 0.0
+    left = (x - knots[j]) / (knots[j + k] - knots[j]) * _cox_de_boor_scalar(x, knots, j, k - 1)
+    right = (knots[j + k + 1] - x) / (knots[j + k + 1] - knots[j + 1]) * _cox_de_boor_scalar(x, knots, j + 1, k - 1)
+    return left + right
+
+
+@pytest.mark.parametrize('degree', [1, 3, 6])
+def test_chebyshev_matches_direct_evaluation(degree):
+    torch.manual_seed(0)
+    layer = ChebyshevKANLinear(5, 4, degree=degree).double()
+    x = torch.randn(11, 5, dtype=torch.float64) * 2
+    t = torch.tanh(x)
+    basis = torch.stack([torch.special.chebyshev_polynomial_t(t, k) for k in range(degree + 1)], dim=-1)
+    expected = torch.einsum('nik,oik->no', basis, layer.coeffs)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(chebyshev_basis(x, degree), basis, rtol=1e-10, atol=1e-12)
+
+
+def test_chebyshev_base_branch_and_bias():
+    torch.manual_seed(0)
+    layer = ChebyshevKANLinear(3, 2, degree=2, base_activation=nn.GELU, bias=True).double()
+    nn.init.normal_(layer.bias)
+    x = torch.randn(4, 3, dtype=torch.float64)
+    spline_only = torch.einsum('nik,oik->no', chebyshev_basis(x, 2), layer.coeffs)
+    expected = spline_only + nn.functional.gelu(x) @ layer.base.weight.T + layer.bias
+    torch.testing.assert_close(layer(x), expected)
+
+
+def test_chebyshev_init_std_is_published_one():
+    layer = ChebyshevKANLinear(256, 512, degree=3)
+    assert layer.coeffs.std().item() == pytest.approx(1 / (256 * 4), rel=0.02)
+
+
+def test_bspline_basis_matches_scalar_recursion():
+    layer = BSplineKANLinear(2, 1, grid_size=4, spline_order=3, grid_range=(-1, 1))
+    knots = layer.grid[0].tolist()
+    xs = torch.tensor([[-1.3, -0.99], [-0.5, 0.0], [0.123, 0.77], [0.999, 1.4]], dtype=torch.float64)
+    bases = b_spline_basis(xs, layer.grid, 3)
+    for n in range(xs.shape[0]):
+        for i in range(2):
+            ref = [_cox_de_boor_scalar(xs[n, i].item(), knots, j, 3) for j in range(4 + 3)]
+            torch.testing.assert_close(bases[n, i], torch.tensor(ref, dtype=torch.float64), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize('grid_size,order', [(5, 3), (8, 2), (3, 1)])
+def test_bspline_partition_of_unity_inside_grid(grid_size, order):
+    layer = BSplineKANLinear(3, 2, grid_size=grid_size, spline_order=order, grid_range=(-2, 1))
+    x = torch.rand(500, 3) * 2.999 - 2
+    sums = b_spline_basis(x, layer.grid, order).sum(-1)
+    torch.testing.assert_close(sums, torch.ones_like(sums), rtol=0, atol=1e-5)
+    # local support: at most order + 1 bases are non-zero
+    assert (b_spline_basis(x, layer.grid, order) > 0).sum(-1).max().item() <= order + 1
+
+
+def test_bspline_basis_backward_matches_autograd_of_recursion():
+    layer = BSplineKANLinear(4, 1, grid_size=5, spline_order=3)
+    x = (torch.rand(6, 4, dtype=torch.float64) * 2.2 - 1.1).requires_grad_()
+    assert torch.autograd.gradcheck(lambda v: b_spline_basis(v, layer.grid.double(), 3), (x,))
+
+
+def test_bspline_layer_matches_formula():
+    torch.manual_seed(0)
+    layer = BSplineKANLinear(3, 2, grid_size=5, spline_order=3).double()
+    x = torch.randn(7, 3, dtype=torch.float64)
+    spline = torch.einsum('nic,oic->no', b_spline_basis(x, layer.grid, 3),
+                          layer.spline_weight * layer.spline_scaler[..., None])
+    expected = spline + nn.functional.silu(x) @ layer.base.weight.T
+    torch.testing.assert_close(layer(x), expected)
+
+
+@pytest.mark.parametrize('make', [
+    lambda: ChebyshevKANLinear(8, 6, degree=4),
+    lambda: BSplineKANLinear(8, 6),
+    lambda: KANMlp(8, 16, kan_type='chebyshev'),
+    lambda: KANMlp(8, 16, kan_type='bspline', kan_base='mlp'),
+])
+@pytest.mark.parametrize('dtype,scale', [(None, 1e4), (torch.bfloat16, 1e4), (torch.float16, 100.0)])
+def test_extreme_inputs_give_finite_outputs_and_gradients(make, dtype, scale):
+    """|x| = 1e4 in fp32 and bf16. fp16 tops out at 65504, so any branch linear in x (a plain Linear
+    as much as a SiLU base) overflows there at 1e4; it is checked at |x| = 100."""
+    torch.manual_seed(0)
+    layer = make()
+    x = torch.tensor([scale, -scale, 3.6, -9.5, 0.0, 1e-3, 50.0, -3.5]).repeat(5, 1).requires_grad_()
+    ctx = torch.autocast('cpu', dtype=dtype) if dtype else torch.autocast('cpu', enabled=False)
+    with ctx:
+        y = layer(x)
+    assert torch.isfinite(y).all()
+    y.float().pow(2).mean().backward()
+    assert torch.isfinite(x.grad).all()
+    for name, p in layer.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+def test_published_acos_form_is_what_we_avoid():
+    """The recurrence stays finite where cos(k * acos(tanh x)) does not (fp32, |x| ~ 10)."""
+    x = torch.tensor([10.0, -10.0], requires_grad=True)
+    torch.cos(3 * torch.acos(torch.tanh(x))).sum().backward()
+    assert not torch.isfinite(x.grad).all()
+    x2 = x.detach().clone().requires_grad_()
+    chebyshev_basis(x2, 3).sum().backward()
+    assert torch.isfinite(x2.grad).all()
+
+
+@pytest.mark.parametrize('cls,kwargs,name', [
+    (ChebyshevKANLinear, dict(degree=0), 'degree'),
+    (BSplineKANLinear, dict(grid_size=0), 'grid_size'),
+    (BSplineKANLinear, dict(spline_order=0), 'spline_order'),
+])
+def test_bad_layer_options_name_the_option(cls, kwargs, name):
+    with pytest.raises(ValueError, match=rf'{name} must be an integer >= 1, got 0'):
+        cls(4, 4, **kwargs)
+
+
+def test_bad_grid_range_and_kan_type():
+    with pytest.raises(ValueError, match=r'grid_range .* got \(1.0, -1.0\)'):
+        BSplineKANLinear(4, 4, grid_range=(1.0, -1.0))
+    with pytest.raises(ValueError, match="kan_type must be one of .* got 'fourier'"):
+        KANMlp(4, 8, kan_type='fourier')
+
+
+def test_update_grid_on_vit_tokens_keeps_the_function():
+    torch.manual_seed(0)
+    layer = BSplineKANLinear(16, 24, grid_size=5)
+    tokens = torch.randn(6, 197, 16) * 0.4 + 0.3  # (B, N, C) like ViT activations, off-centre
+    before = layer(tokens)
+    spline_before = before - layer.base(tokens)
+    layer.update_grid(tokens, max_rows=512, generator=torch.Generator().manual_seed(0))
+    after = layer(tokens)
+    spline_after = after - layer.base(tokens)
+    assert torch.all(layer.grid.diff(dim=1) > 0)
+    assert (after - before).norm() / before.norm() < 0.01
+    assert (spline_after - spline_before).norm() / spline_before.norm() < 0.1
+
+
+def test_update_grid_brackets_the_rows_it_used():
+    torch.manual_seed(0)
+    layer = BSplineKANLinear(16, 8, grid_size=5)
+    tokens = torch.randn(2, 50, 16) * 3
+    layer.update_grid(tokens, max_rows=10_000)
+    flat = tokens.reshape(-1, 16)
+    # first / last inner knot: grid_eps * (min - margin) + (1 - grid_eps) * min, likewise at the max
+    torch.testing.assert_close(layer.grid[:, 3], flat.min(0).values - 0.02 * 0.01, rtol=0, atol=1e-5)
+    torch.testing.assert_close(layer.grid[:, -4], flat.max(0).values + 0.02 * 0.01, rtol=0, atol=1e-5)
+
+
+def test_update_grid_rejects_wrong_width():
+    with pytest.raises(ValueError, match='expects last dimension 4, got 5'):
+        BSplineKANLinear(4, 3).update_grid(torch.randn(10, 5))
+
+
+def test_regularization_loss_value_and_gradient():
+    layer = BSplineKANLinear(3, 2, grid_size=4)
+    with torch.no_grad():
+        layer.spline_weight.fill_(0.5)
+    # equal mean |coeff| on 6 edges: L1 = 6 * 0.5, entropy = log 6
+    loss = layer.regularization_loss()
+    assert loss.item() == pytest.approx(3.0 + math.log(6), rel=1e-5)
+    loss.backward()
+    assert torch.isfinite(layer.spline_weight.grad).all()
+
+
+@pytest.mark.parametrize('kan_type', ['chebyshev', 'bspline'])
+def test_torch_compile_matches_eager(kan_type):
+    torch.manual_seed(0)
+    block = KANMlp(8, 16, kan_type=kan_type)
+    x = torch.randn(2, 5, 8)
+    compiled = torch.compile(block, backend='aot_eager', fullgraph=False)
+    torch.testing.assert_close(compiled(x), block(x), rtol=1e-5, atol=1e-6)
+
+
+def test_kan_mlp_shapes_and_options():
+    block = KANMlp(12, 48, act_layer=nn.GELU, bias=True, kan_type='chebyshev', kan_base='mlp', kan_mid_norm=False,
+                   degree=2)
+    assert block(torch.randn(2, 7, 12)).shape == (2, 7, 12)
+    assert isinstance(block.norm, nn.Identity)
+    assert block.kan1.bias is not None and isinstance(block.kan2.base.act, nn.GELU)
+    assert block.kan1.coeffs.shape == (48, 12, 3)
+    hidden = KANMlp(12, 48, kan_hidden=20, kan_type='bspline')
+    assert hidden.kan1.out_features == 20 and hidden.kan2.in_features == 20
+    # timm's scale_mlp_norm passes a norm layer: it becomes the between-layer norm
+    assert isinstance(KANMlp(12, 48, norm_layer=nn.LayerNorm, kan_mid_norm=False).norm, nn.LayerNorm)

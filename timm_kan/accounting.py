@@ -1,0 +1,78 @@
+"""Honest parameter and FLOP accounting for ViT and KAN-ViT models.
+
+Parameters: every ``nn.Parameter`` (KAN coefficient tensors, spline scalers and base weights included;
+tools that only see ``.weight``/``.bias`` miss most of a KAN layer). FLOPs: ``torch.utils.flop_counter``
+on a real forward pass, counting a multiply-add as 2 FLOPs (matrix products, convolutions, attention);
+elementwise basis evaluation is not counted by it.
+"""
+from typing import Any, Dict, Optional, Sequence
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+__all__ = ['count_parameters', 'count_flops', 'model_summary', 'model_data_config']
+
+
+def _part(name: str) -> str:
+    if '.attn.' in name:
+        return 'attention'
+    if '.mlp.' in name:
+        return 'ffn'
+    return 'other'
+
+
+def count_parameters(model: nn.Module) -> Dict[str, int]:
+    """Total and trainable parameters, and the total per part: attention, ffn (MLP or KAN FFN), other."""
+    counts = {'total': 0, 'trainable': 0, 'attention': 0, 'ffn': 0, 'other': 0}
+    for name, p in model.named_parameters():
+        n = p.numel()
+        counts['total'] += n
+        counts['trainable'] += n if p.requires_grad else 0
+        counts[_part(name)] += n
+    return counts
+
+
+def model_data_config(model: nn.Module) -> Dict[str, Any]:
+    """timm data config at the model's actual input size (``img_size=`` overrides included)."""
+    try:
+        from timm.data.model_config import resolve_input_data_config
+    except ImportError:  # timm < 1.0.31 resolves from the pretrained config only
+        from timm.data import resolve_data_config
+        return resolve_data_config({}, model=model)
+    return resolve_input_data_config(model)
+
+
+def _input_size(model: nn.Module, input_size: Optional[Sequence[int]]) -> Sequence[int]:
+    if input_size is not None:
+        return tuple(input_size)
+    return tuple(model_data_config(model)['input_size'])
+
+
+@torch.no_grad()
+def count_flops(model: nn.Module, input_size: Optional[Sequence[int]] = None, batch_size: int = 1) -> int:
+    """Forward FLOPs for one batch at ``input_size`` (C, H, W; default: the model's data config)."""
+    c, h, w = _input_size(model, input_size)
+    p = next(model.parameters())
+    x = torch.zeros(batch_size, c, h, w, device=p.device, dtype=p.dtype)
+    was_training = model.training
+    model.eval()
+    try:
+        with FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def model_summary(model: nn.Module, input_size: Optional[Sequence[int]] = None) -> Dict[str, Any]:
+    """Parameters (total, trainable, per part) and forward GFLOPs of one image."""
+    size = _input_size(model, input_size)
+    params = count_parameters(model)
+    return {
+        'params': params,
+        'params_m': params['total'] / 1e6,
+        'trainable_m': params['trainable'] / 1e6,
+        'input_size': list(size),
+        'gflops': count_flops(model, size) / 1e9,
+    }

@@ -1,0 +1,206 @@
+"""The ``timm-kan`` command: info, convert, compare, predict, push, bench."""
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from timm.utils import ParseKwargs
+
+__all__ = ['main']
+
+
+def _cmd_info(args: argparse.Namespace) -> None:
+    import timm
+    from .accounting import model_summary
+    from .compare import resolve_model_name
+
+    model = timm.create_model(resolve_model_name(args.model), device=args.device, **args.model_kwargs)
+    summary = model_summary(model)
+    if args.json:
+        print(json.dumps(dict(model=args.model, **summary), indent=2))
+        return
+    p = summary['params']
+    print(f'{args.model}  input {tuple(summary["input_size"])}')
+    print(f'  parameters   {p["total"]:>14,}  (trainable {p["trainable"]:,})')
+    for part in ('attention', 'ffn', 'other'):
+        print(f'    {part:<10} {p[part]:>14,}  ({100 * p[part] / max(p["total"], 1):.1f}%)')
+    print(f'  forward GFLOPs {summary["gflops"]:.3f}  (FlopCounterMode, multiply-add = 2)')
+
+
+def _cmd_convert(args: argparse.Namespace) -> None:
+    import timm
+    from .hub import export_for_hub
+
+    checkpoint = Path(args.checkpoint)
+    if not checkpoint.is_file():
+        raise SystemExit(f'error: checkpoint not found: {checkpoint}')
+    overlay = dict(file=str(checkpoint), custom_load=checkpoint.suffix == '.npz')
+    if args.source_num_classes is not None:
+        overlay['num_classes'] = args.source_num_classes
+    kwargs = dict(args.model_kwargs)
+    if args.num_classes is not None:
+        kwargs['num_classes'] = args.num_classes
+    model = timm.create_model(
+        args.model, pretrained=True, pretrained_cfg_overlay=overlay, kan_init=args.kan_init,
+        pretrained_strict=not args.no_strict, **kwargs)
+    out = export_for_hub(model, args.out, repo_id=f'local/{Path(args.out).name}')
+    print(f'wrote {out}: load with timm.create_model("local-dir:{out}", pretrained=True) after import timm_kan')
+
+
+def _cmd_compare(args: argparse.Namespace) -> None:
+    from .compare import CompareConfig, format_table, run_compare
+
+    cfg = CompareConfig(
+        models=args.models, data=args.data, output=args.output, recipe=args.recipe, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, opt=args.opt,
+        model_kwargs=args.model_kwargs, pretrained=args.pretrained or bool(args.pretrained_file),
+        pretrained_file=args.pretrained_file, freeze=args.freeze, kan_init=args.kan_init, val_ratio=args.val_ratio,
+        max_items=args.max_items, seed=args.seed, workers=args.workers, amp=not args.no_amp,
+        amp_dtype=args.amp_dtype, model_ema=args.model_ema, model_ema_decay=args.model_ema_decay,
+        device=args.device, progress=False if args.no_progress else None)
+    results = run_compare(cfg)
+    import os
+    if int(os.environ.get('RANK', '0')) == 0:
+        print(format_table(results))
+        print(f'\noutputs in {args.output}: results.json, results.csv, loss.png, accuracy.png, accuracy_vs_gflops.png')
+
+
+def _cmd_predict(args: argparse.Namespace) -> None:
+    from .predict import load_for_inference, predict_images
+
+    model, names = load_for_inference(args.model, args.checkpoint, args.class_map, args.model_kwargs)
+    for path, preds in zip(args.images, predict_images(model, names, args.images, args.top_k)):
+        print(path)
+        for name, p in preds:
+            print(f'  {p:7.4f}  {name}')
+
+
+def _cmd_push(args: argparse.Namespace) -> None:
+    from .hub import export_for_hub, model_from_checkpoint, push_to_hub, read_class_map, validate_repo_id
+
+    validate_repo_id(args.repo_id)
+    model, meta = model_from_checkpoint(
+        args.model, args.checkpoint, num_classes=args.num_classes, model_kwargs=args.model_kwargs,
+        use_ema=not args.no_ema)
+    labels = read_class_map(args.class_map) if args.class_map else (
+        [meta['class_map'][str(i)] for i in range(len(meta['class_map']))] if meta.get('class_map') else None)
+    metrics = json.loads(args.metrics) if args.metrics else None
+    if args.export_only:
+        out = export_for_hub(model, args.export_only, repo_id=args.repo_id, label_names=labels, metrics=metrics,
+                             dataset=args.dataset, recipe=args.recipe)
+        print(f'wrote {out} (not uploaded)')
+        return
+    push_to_hub(model, args.repo_id, private=args.private, token=args.token, metrics=metrics, dataset=args.dataset,
+                recipe=args.recipe, label_names=labels)
+    print(f'pushed to {args.repo_id}: timm.create_model("hf-hub:{args.repo_id}", pretrained=True)')
+
+
+def _cmd_bench(args: argparse.Namespace) -> None:
+    from .bench import main as bench_main
+    bench_main(args.bench_args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='timm-kan', description='KAN Vision Transformers for timm.')
+    parser.add_argument('-v', '--verbose', action='store_true', help='log progress at INFO level')
+    sub = parser.add_subparsers(dest='command', required=True)
+
+    p = sub.add_parser('info', help='parameters (total, trainable, per part) and forward GFLOPs of a model')
+    p.add_argument('model')
+    p.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, help='create_model kwargs, key=value')
+    p.add_argument('--device', default='cpu')
+    p.add_argument('--json', action='store_true')
+    p.set_defaults(fn=_cmd_info)
+
+    p = sub.add_parser('convert', help='convert a ViT checkpoint into a KAN-ViT folder for local-dir:/hf-hub:')
+    p.add_argument('--model', required=True, help='KAN-ViT architecture, e.g. chebykan_vit_base_patch16_224')
+    p.add_argument('--checkpoint', required=True, help='ViT checkpoint: .safetensors, .pth/.bin or Google .npz')
+    p.add_argument('--out', required=True, help='output folder')
+    p.add_argument('--num-classes', type=int, default=None, help='classes of the new head')
+    p.add_argument('--source-num-classes', type=int, default=None,
+                   help="classes of the checkpoint's head (default: the architecture's pretrained tag)")
+    p.add_argument('--kan-init', choices=('mlp', 'random'), default='mlp')
+    p.add_argument('--no-strict', action='store_true', help='skip (and list) checkpoint tensors with no place')
+    p.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs)
+    p.set_defaults(fn=_cmd_convert)
+
+    p = sub.add_parser('compare', help='train several models under one recipe and compare them')
+    p.add_argument('--models', nargs='+', default=None, help='timm / timm_kan model names')
+    p.add_argument('--data', default='mnist5k', help="'mnist5k', 'digits' or an image folder (one folder per class)")
+    p.add_argument('--output', default='output/compare')
+    p.add_argument('--recipe', default=None, help="'small' (default for bundled data) or 'seed' (default for folders)")
+    p.add_argument('--epochs', type=int, default=None)
+    p.add_argument('--batch-size', type=int, default=None)
+    p.add_argument('--lr', type=float, default=None)
+    p.add_argument('--weight-decay', type=float, default=None)
+    p.add_argument('--opt', default=None)
+    p.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs)
+    p.add_argument('--pretrained', action='store_true', help='start from the registry pretrained weights')
+    p.add_argument('--pretrained-file', default=None, help='start from this ViT checkpoint file')
+    p.add_argument('--freeze', choices=('none', 'head', 'backbone'), default=None)
+    p.add_argument('--kan-init', choices=('mlp', 'random'), default=None)
+    p.add_argument('--val-ratio', type=float, default=0.2)
+    p.add_argument('--max-items', type=int, default=None, help='use only this many items of a bundled set')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--workers', type=int, default=None)
+    p.add_argument('--no-amp', action='store_true')
+    p.add_argument('--amp-dtype', choices=('float16', 'bfloat16'), default='float16')
+    p.add_argument('--model-ema', action='store_true')
+    p.add_argument('--model-ema-decay', type=float, default=0.9998)
+    p.add_argument('--device', default=None)
+    p.add_argument('--no-progress', action='store_true')
+    p.set_defaults(fn=_cmd_compare)
+
+    p = sub.add_parser('predict', help='top-k classes of images')
+    p.add_argument('--model', required=True, help='model name, hf-hub:ORG/NAME or local-dir:PATH')
+    p.add_argument('--checkpoint', default=None, help='training checkpoint (compare or timm train.py)')
+    p.add_argument('--class-map', default=None, help='class_indices.json or a JSON list of names')
+    p.add_argument('--top-k', type=int, default=5)
+    p.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs)
+    p.add_argument('images', nargs='+')
+    p.set_defaults(fn=_cmd_predict)
+
+    p = sub.add_parser('push', help='push a trained checkpoint to the Hugging Face Hub in timm format')
+    p.add_argument('checkpoint')
+    p.add_argument('--model', required=True)
+    p.add_argument('--repo-id', required=True, help='ORG/NAME')
+    p.add_argument('--num-classes', type=int, default=None)
+    p.add_argument('--class-map', default=None)
+    p.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs)
+    p.add_argument('--no-ema', action='store_true', help='push the raw weights even if EMA weights exist')
+    p.add_argument('--metrics', default=None, help='JSON object of metrics for the model card')
+    p.add_argument('--dataset', default=None)
+    p.add_argument('--recipe', default=None)
+    p.add_argument('--private', action='store_true')
+    p.add_argument('--token', default=None)
+    p.add_argument('--export-only', default=None, metavar='DIR', help='write the upload folder here, upload nothing')
+    p.set_defaults(fn=_cmd_push)
+
+    p = sub.add_parser('bench', help='time KAN layers against the MLP (see timm-kan bench --help)', add_help=False)
+    p.add_argument('bench_args', nargs=argparse.REMAINDER)
+    p.set_defaults(fn=_cmd_bench)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format='%(levelname)s %(name)s: %(message)s')
+    import timm_kan  # noqa: F401  registers the models
+    if args.command == 'compare':
+        data_is_bundled = args.data in ('mnist5k', 'digits')
+        args.recipe = args.recipe or ('small' if data_is_bundled else 'seed')
+        from .compare import DEFAULT_MODELS
+        args.models = args.models or list(DEFAULT_MODELS)
+    try:
+        args.fn(args)
+    except (ValueError, RuntimeError, FileNotFoundError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""Publish KAN-ViT weights to the Hugging Face Hub in timm's format, and read training checkpoints.
+
+The folder written by :func:`export_for_hub` is exactly what :func:`push_to_hub` uploads: timm's
+``save_for_hf`` output (``config.json`` with ``architecture`` and every KAN option as ``model_args``,
+``model.safetensors`` only) plus a model card. Anyone with ``timm_kan`` imported loads it with
+``timm.create_model("hf-hub:ORG/NAME", pretrained=True)`` or ``"local-dir:PATH"``.
+"""
+import json
+import re
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+from timm.models import load_state_dict, push_to_hf_hub, save_for_hf
+from timm.models._hub import generate_readme
+
+from .accounting import model_summary
+
+__all__ = ['export_for_hub', 'push_to_hub', 'model_card', 'load_training_checkpoint', 'read_class_map',
+           'validate_repo_id', 'model_from_checkpoint']
+
+_REPO_ID = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$')
+_KAN_TYPE_NAMES = {'chebyshev': 'Chebyshev KAN', 'bspline': 'B-spline KAN'}
+
+
+def validate_repo_id(repo_id: str) -> str:
+    if not isinstance(repo_id, str) or not _REPO_ID.match(repo_id) or '..' in repo_id or repo_id.endswith('.git'):
+        raise ValueError(f'repo_id must look like ORG/NAME (letters, digits, "-", "_", "."), got {repo_id!r}')
+    return repo_id
+
+
+def read_class_map(path: Union[str, Path]) -> List[str]:
+    """Class names by index from a JSON list or a {"0": "daisy", ...} map (the seed's class_indices.json)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'class map not found: {path}')
+    data = json.loads(path.read_text())
+    if isinstance(data, dict):
+        try:
+            index = {int(k): str(v) for k, v in data.items()}
+        except ValueError as e:
+            raise ValueError(f'{path}: class map keys must be class indices, got {sorted(data)[:5]}') from e
+        if sorted(index) != list(range(len(index))):
+            raise ValueError(f'{path}: class indices must be 0..{len(index) - 1}, got {sorted(index)}')
+        return [index[i] for i in range(len(index))]
+    if isinstance(data, list):
+        return [str(x) for x in data]
+    raise ValueError(f'{path}: expected a JSON list or object of class names, got {type(data).__name__}')
+
+
+def _check_labels(model: nn.Module, label_names: Optional[Sequence[str]]) -> None:
+    if label_names is not None and len(label_names) != model.num_classes:
+        raise ValueError(f'class map has {len(label_names)} names but the model head has {model.num_classes} classes')
+
+
+def model_card(
+        model: nn.Module,
+        repo_id: str,
+        metrics: Optional[Dict[str, Any]] = None,
+        dataset: Optional[str] = None,
+        recipe: Optional[str] = None,
+) -> Dict[str, Any]:
+    """Model-card fields for timm's ``generate_readme``, with sizes from the accounting function."""
+    arch = model.pretrained_cfg['architecture']
+    summary = model_summary(model)
+    kan_args = dict(getattr(model, 'kan_args', {}))
+    kan_type = kan_args.pop('kan_type', None)
+    details: Dict[str, Any] = {
+        'Model Type': 'Image classification / feature backbone (KAN Vision Transformer)',
+        'Architecture': arch,
+        'KAN type': _KAN_TYPE_NAMES.get(kan_type, kan_type or 'none'),
+        'KAN options': {k: v for k, v in kan_args.items()} or 'none',
+        'Params (M)': f"{summary['params_m']:.2f}",
+        'GMACs x2 (GFLOPs)': f"{summary['gflops']:.2f}",
+        'Image size': 'x'.join(str(s) for s in summary['input_size'][1:]),
+        'Classes': model.num_classes,
+    }
+    if dataset:
+        details['Dataset'] = dataset
+    if recipe:
+        details['Training recipe'] = recipe
+    if metrics:
+        details['Metrics'] = dict(metrics)
+    usage = (
+        '```python\nimport timm_kan  # registers the KAN-ViT architectures with timm\nimport timm\n'
+        f'model = timm.create_model("hf-hub:{repo_id}", pretrained=True)\n```\n'
+    )
+    return {
+        'description': f'A {details["KAN type"]} Vision Transformer ({arch}) made with timm_kan: each ViT block\'s '
+                       'MLP is replaced by two KAN layers. Loading needs `import timm_kan` before '
+                       '`timm.create_model`.',
+        'details': details,
+        'usage': usage,
+        'tags': ['image-classification', 'timm', 'timm_kan', 'kan'],
+    }
+
+
+def _export_kwargs(model: nn.Module, label_names: Optional[Sequence[str]]) -> Dict[str, Any]:
+    _check_labels(model, label_names)
+    return dict(
+        model_config={'label_names': list(label_names)} if label_names else None,
+        safe_serialization=True,
+    )
+
+
+def export_for_hub(
+        model: nn.Module,
+        out_dir: Union[str, Path],
+        repo_id: str = 'ORG/NAME',
+        label_names: Optional[Sequence[str]] = None,
+        metrics: Optional[Dict[str, Any]] = None,
+        dataset: Optional[str] = None,
+        recipe: Optional[str] = None,
+) -> Path:
+    """Write the folder that :func:`push_to_hub` uploads: config.json, model.safetensors, README.md."""
+    out_dir = Path(out_dir)
+    save_for_hf(model, out_dir, **_export_kwargs(model, label_names))
+    card = model_card(model, repo_id, metrics=metrics, dataset=dataset, recipe=recipe)
+    (out_dir / 'README.md').write_text(generate_readme(card, repo_id.split('/')[-1]), encoding='utf-8')
+    return out_dir
+
+
+def push_to_hub(
+        model: nn.Module,
+        repo_id: str,
+        *,
+        private: bool = False,
+        token: Optional[str] = None,
+        metrics: Optional[Dict[str, Any]] = None,
+        dataset: Optional[str] = None,
+        recipe: Optional[str] = None,
+        label_names: Optional[Sequence[str]] = None,
+        commit_message: str = 'Add KAN-ViT model',
+        revision: Optional[str] = None,
+) -> Any:
+    """Upload ``model`` with timm's ``push_to_hf_hub``; every check runs before anything is sent.
+
+    Raises:
+        ValueError: malformed ``repo_id``, or ``label_names`` whose length differs from the head.
+        RuntimeError: no token given or stored (``huggingface-cli login`` or ``HF_TOKEN``).
+    """
+    from huggingface_hub import get_token
+
+    validate_repo_id(repo_id)
+    kwargs = _export_kwargs(model, label_names)
+    token = token or get_token()
+    if not token:
+        raise RuntimeError(
+            'no Hugging Face token: pass token=..., set HF_TOKEN, or run `huggingface-cli login` first')
+    card = model_card(model, repo_id, metrics=metrics, dataset=dataset, recipe=recipe)
+    return push_to_hf_hub(
+        model, repo_id, commit_message=commit_message, token=token, revision=revision, private=private,
+        model_card=card, **kwargs)
+
+
+def load_training_checkpoint(
+        path: Union[str, Path],
+        use_ema: bool = True,
+) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """Weights and metadata (``arch``, ``model_args``, ``class_map``) of a training checkpoint.
+
+    Reads timm ``train.py`` checkpoints (``state_dict`` / ``state_dict_ema``; EMA wins unless
+    ``use_ema=False``), ``timm-kan compare`` checkpoints and bare state dicts, with ``weights_only=True``.
+    The model arguments are those this package's trainer records, or ``args.model_kwargs`` of timm's.
+    """
+    import argparse
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'checkpoint not found: {path}')
+    try:
+        state_dict = load_state_dict(str(path), use_ema=use_ema)
+    except Exception as e:
+        raise RuntimeError(f'cannot read {path} as a weights-only checkpoint: {e}') from e
+    meta: Dict[str, Any] = {'model_args': {}, 'class_map': None, 'arch': None}
+    if path.suffix != '.safetensors':
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            raw = torch.load(path, map_location='meta', weights_only=True)
+        if isinstance(raw, dict):
+            meta['model_args'] = dict(raw.get('model_args') or getattr(raw.get('args'), 'model_kwargs', None) or {})
+            meta['class_map'] = raw.get('class_map')
+            meta['arch'] = raw.get('arch')
+    return state_dict, meta
+
+
+def model_from_checkpoint(
+        model_name: str,
+        checkpoint: Union[str, Path],
+        num_classes: Optional[int] = None,
+        model_kwargs: Optional[Dict[str, Any]] = None,
+        use_ema: bool = True,
+) -> Tuple[nn.Module, Dict[str, Any]]:
+    """Build ``model_name`` and load a training checkpoint into it, strictly.
+
+    The class count comes from ``num_classes`` or the checkpoint's head; architecture arguments from
+    the checkpoint's recorded model arguments, overridden by ``model_kwargs``.
+
+    Raises:
+        RuntimeError: the checkpoint's tensors do not match the model (names the keys and shapes).
+    """
+    import timm
+
+    state_dict, meta = load_training_checkpoint(checkpoint, use_ema=use_ema)
+    kwargs = dict(meta['model_args'], **(model_kwargs or {}))
+    if num_classes is not None:
+        kwargs['num_classes'] = num_classes
+    elif 'head.weight' in state_dict:
+        kwargs['num_classes'] = state_dict['head.weight'].shape[0]
+    kwargs.pop('pretrained', None)
+    model = timm.create_model(model_name, **kwargs)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    wrong = [f'{k}: model {tuple(expected[k].shape)}, checkpoint {tuple(v.shape)}'
+             for k, v in state_dict.items() if k in expected and v.shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f'missing {len(missing)}: {", ".join(missing[:5])}')
+        if unexpected:
+            parts.append(f'unexpected {len(unexpected)}: {", ".join(unexpected[:5])}')
+        if wrong:
+            parts.append(f'shape mismatch {len(wrong)}: {"; ".join(wrong[:3])}')
+        raise RuntimeError(f'{checkpoint} does not match {model_name}: ' + ' | '.join(parts))
+    model.load_state_dict(state_dict)
+    return model, meta

@@ -1,0 +1,242 @@
+"""B-spline KAN linear layer.
+
+KAN (Liu et al., "KAN: Kolmogorov-Arnold Networks", arXiv:2404.19756) in the efficient formulation
+popularised by efficient-KAN: every edge function is ``w_b * act(x) + w_s * spline(x)``, the spline a
+sum of B-spline bases of order k on a uniform grid of G intervals extended by k knots on each side.
+Evaluated as a batch:
+
+    y = base_weight @ act(x) + (spline_weight * spline_scaler) @ B(x)
+
+where B(x) has G + k bases per input built by the Cox-de Boor recursion. Only k + 1 of them are
+non-zero for any x (local support), which the GPU kernels exploit; this module is the reference.
+"""
+import math
+from typing import Optional, Tuple, Type
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .base import BaseBranch, check_positive
+
+__all__ = ['BSplineKANLinear', 'b_spline_basis', 'uniform_knots']
+
+
+def uniform_knots(
+        in_features: int,
+        grid_size: int,
+        spline_order: int,
+        grid_range: Tuple[float, float],
+        device=None,
+) -> torch.Tensor:
+    """Uniform knot vector of ``grid_size`` intervals extended by ``spline_order`` knots per side."""
+    lo, hi = grid_range
+    step = (hi - lo) / grid_size
+    knots = torch.arange(-spline_order, grid_size + spline_order + 1, device=device, dtype=torch.float32)
+    return (knots * step + lo).expand(in_features, -1).contiguous()
+
+
+def _cox_de_boor(x: torch.Tensor, grid: torch.Tensor, spline_order: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Bases of order ``spline_order`` and ``spline_order - 1`` (the latter feeds the derivative)."""
+    x = x.unsqueeze(-1)
+    bases = ((x >= grid[:, :-1]) & (x < grid[:, 1:])).to(x.dtype)
+    lower = bases
+    for k in range(1, spline_order + 1):
+        lower = bases
+        left = (x - grid[:, :-(k + 1)]) * (1.0 / (grid[:, k:-1] - grid[:, :-(k + 1)]))
+        right = (grid[:, k + 1:] - x) * (1.0 / (grid[:, k + 1:] - grid[:, 1:-k]))
+        bases = left.mul_(bases[..., :-1]).add_(right.mul_(bases[..., 1:]))
+    return bases, lower
+
+
+class _BSplineBasis(torch.autograd.Function):
+    """Cox-de Boor forward without an autograd graph; backward from the closed-form derivative
+    dB_{j,k}/dx = k * (B_{j,k-1} / (t_{j+k} - t_j) - B_{j+1,k-1} / (t_{j+k+1} - t_{j+1}))."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, grid: torch.Tensor, spline_order: int) -> torch.Tensor:
+        bases, lower = _cox_de_boor(x, grid, spline_order)
+        ctx.spline_order = spline_order
+        ctx.save_for_backward(grid, lower)
+        return bases
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        grid, lower = ctx.saved_tensors
+        k = ctx.spline_order
+        a = k / (grid[:, k:-1] - grid[:, :-(k + 1)])
+        b = k / (grid[:, k + 1:] - grid[:, 1:-k])
+        d_bases = lower[..., :-1] * a - lower[..., 1:] * b
+        return (grad * d_bases).sum(-1), None, None
+
+
+def b_spline_basis(x: torch.Tensor, grid: torch.Tensor, spline_order: int) -> torch.Tensor:
+    """Cox-de Boor B-spline bases, computed in fp32 (fp64 for fp64 inputs).
+
+    Args:
+        x: (..., in_features).
+        grid: (in_features, grid_size + 2 * spline_order + 1) knots, strictly increasing per row.
+        spline_order: Order k >= 1.
+
+    Returns:
+        (..., in_features, grid_size + spline_order) bases; each row sums to 1 inside the grid.
+    """
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return _BSplineBasis.apply(x.to(dtype), grid.to(dtype), spline_order)
+
+
+class BSplineKANLinear(nn.Module):
+    """KAN layer with B-spline edge functions and a base branch (efficient-KAN's parameterisation).
+
+    Args:
+        in_features: Input width.
+        out_features: Output width.
+        grid_size: Number of grid intervals G (>= 1).
+        spline_order: Spline order k (>= 1); each edge has G + k spline coefficients.
+        grid_range: Interval covered by the initial uniform grid.
+        base_activation: Activation of the base branch; None removes the branch.
+        bias: Adds an output bias.
+        scale_noise: Amplitude of the random initial spline coefficients.
+        scale_base: Gain of the base weight's Kaiming initialisation.
+        scale_spline: Gain of the spline scaler's Kaiming initialisation.
+    """
+
+    def __init__(
+            self,
+            in_features: int,
+            out_features: int,
+            grid_size: int = 5,
+            spline_order: int = 3,
+            grid_range: Tuple[float, float] = (-1.0, 1.0),
+            base_activation: Optional[Type[nn.Module]] = nn.SiLU,
+            bias: bool = False,
+            scale_noise: float = 0.1,
+            scale_base: float = 1.0,
+            scale_spline: float = 1.0,
+            device=None,
+            dtype=None,
+    ) -> None:
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        check_positive('in_features', in_features)
+        check_positive('out_features', out_features)
+        check_positive('grid_size', grid_size)
+        check_positive('spline_order', spline_order)
+        lo, hi = grid_range
+        if not hi > lo:
+            raise ValueError(f'grid_range must be (low, high) with high > low, got {tuple(grid_range)}')
+        self.in_features = in_features
+        self.out_features = out_features
+        self.grid_size = grid_size
+        self.spline_order = spline_order
+        self.grid_range = (float(lo), float(hi))
+        self.scale_noise = scale_noise
+        self.scale_base = scale_base
+        self.scale_spline = scale_spline
+        self.register_buffer('grid', uniform_knots(in_features, grid_size, spline_order, grid_range, device))
+        self.base = BaseBranch(in_features, out_features, base_activation, **dd) if base_activation else None
+        self.spline_weight = nn.Parameter(torch.empty(out_features, in_features, grid_size + spline_order, **dd))
+        self.spline_scaler = nn.Parameter(torch.empty(out_features, in_features, **dd))
+        self.bias = nn.Parameter(torch.empty(out_features, **dd)) if bias else None
+        self.reset_parameters()
+
+    @property
+    def num_bases(self) -> int:
+        return self.grid_size + self.spline_order
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.grid.copy_(uniform_knots(
+                self.in_features, self.grid_size, self.spline_order, self.grid_range, self.grid.device))
+        if self.base is not None:
+            nn.init.kaiming_uniform_(self.base.weight, a=math.sqrt(5) * self.scale_base)
+        # small random spline coefficients: the layer starts close to its base branch
+        nn.init.uniform_(self.spline_weight, -0.5 * self.scale_noise / self.grid_size,
+                         0.5 * self.scale_noise / self.grid_size)
+        nn.init.kaiming_uniform_(self.spline_scaler, a=math.sqrt(5) * self.scale_spline)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def init_weights(self) -> None:
+        """Hook called by timm's ViT weight init (instead of its nn.Linear truncated normal)."""
+        self.reset_parameters()
+
+    def scaled_spline_weight(self) -> torch.Tensor:
+        """Effective spline coefficients, (out, in, grid_size + spline_order)."""
+        return self.spline_weight * self.spline_scaler.unsqueeze(-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bases = b_spline_basis(x, self.grid, self.spline_order).flatten(-2).to(x.dtype)
+        y = F.linear(bases, self.scaled_spline_weight().flatten(1), self.bias)
+        if self.base is not None:
+            y = y + self.base(x)
+        return y
+
+    @torch.no_grad()
+    def update_grid(
+            self,
+            x: torch.Tensor,
+            margin: float = 0.01,
+            grid_eps: float = 0.02,
+            max_rows: int = 8192,
+            generator: Optional[torch.Generator] = None,
+    ) -> None:
+        """Move the knots to the data's quantiles and refit the coefficients to keep the function.
+
+        ``x`` may hold any number of rows (e.g. ViT tokens, (B, N, C)); at most ``max_rows`` are used.
+        The refit solves the least-squares normal equations per input with (G+k)x(G+k) Gram matrices,
+        so memory is O(rows * in * (G+k) + in * (G+k) * out), never O(in * rows * out).
+
+        Args:
+            x: Inputs with last dimension ``in_features``.
+            margin: Extra room added on both sides of the data range.
+            grid_eps: Mix of uniform (1) and quantile (0) knot placement.
+            max_rows: Row subsample size.
+            generator: Random generator for the subsample.
+        """
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f'update_grid expects last dimension {self.in_features}, got {x.shape[-1]}')
+        x = x.reshape(-1, self.in_features).float()
+        if x.shape[0] > max_rows:
+            x = x[torch.randperm(x.shape[0], generator=generator, device='cpu')[:max_rows].to(x.device)]
+        rows = x.shape[0]
+        old_bases = b_spline_basis(x, self.grid, self.spline_order).transpose(0, 1)  # (in, rows, C)
+        coeff = self.scaled_spline_weight().float().permute(1, 2, 0)  # (in, C, out)
+
+        x_sorted = x.sort(dim=0).values
+        quantile_idx = torch.linspace(0, rows - 1, self.grid_size + 1, device=x.device).long()
+        grid_adaptive = x_sorted[quantile_idx]  # (G+1, in)
+        step = (x_sorted[-1] - x_sorted[0] + 2 * margin) / self.grid_size  # (in,)
+        ticks = torch.arange(self.grid_size + 1, device=x.device, dtype=torch.float32).unsqueeze(1)
+        grid_uniform = ticks * step + x_sorted[0] - margin
+        inner = grid_eps * grid_uniform + (1 - grid_eps) * grid_adaptive
+        ext = torch.arange(1, self.spline_order + 1, device=x.device, dtype=torch.float32).unsqueeze(1)
+        grid = torch.cat([inner[:1] - ext.flip(0) * step, inner, inner[-1:] + ext * step]).T.contiguous()
+
+        new_bases = b_spline_basis(x, grid, self.spline_order).transpose(0, 1)  # (in, rows, C)
+        gram = new_bases.mT @ new_bases
+        rhs = (new_bases.mT @ old_bases) @ coeff
+        # a small ridge keeps bases that no sample reaches at zero instead of making gram singular
+        ridge = 1e-6 * gram.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-12)
+        eye = torch.eye(self.num_bases, device=x.device)
+        new_coeff = torch.linalg.solve(gram + ridge[:, None, None] * eye, rhs)  # (in, C, out)
+
+        self.grid.copy_(grid)
+        self.spline_weight.copy_(new_coeff.permute(2, 0, 1))
+        self.spline_scaler.fill_(1.0)
+
+    def regularization_loss(self, regularize_activation: float = 1.0, regularize_entropy: float = 1.0) -> torch.Tensor:
+        """KAN's sparsity regulariser: L1 of the mean |coefficient| per edge plus the entropy of its spread."""
+        l1 = self.spline_weight.abs().mean(-1)
+        total = l1.sum()
+        p = l1 / total
+        entropy = -torch.sum(p * torch.log(p.clamp_min(1e-12)))
+        return regularize_activation * total + regularize_entropy * entropy
+
+    def extra_repr(self) -> str:
+        return (
+            f'in_features={self.in_features}, out_features={self.out_features}, grid_size={self.grid_size}, '
+            f'spline_order={self.spline_order}, grid_range={self.grid_range}, base={self.base is not None}, '
+            f'bias={self.bias is not None}'
+        )

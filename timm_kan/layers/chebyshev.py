@@ -1,0 +1,91 @@
+"""Chebyshev KAN linear layer.
+
+Chebyshev KAN (SS. Sidharth, "Chebyshev Polynomial-Based Kolmogorov-Arnold Networks", arXiv:2405.07200)
+puts one learnable function per edge, expanded in Chebyshev polynomials of the first kind of tanh(x):
+
+    y_o = sum_i sum_k c[o, i, k] * T_k(tanh(x_i))
+
+The basis is a fixed map, so the layer is the basis followed by one GEMM with K = in * (degree + 1).
+T_k is built with the recurrence T_0 = 1, T_1 = t, T_{k+1} = 2 t T_k - T_{k-1}. The often-published
+form cos(k * acos(tanh x)) has an infinite derivative once tanh rounds to +-1 (|x| >~ 3.5 in bf16,
+>~ 9 in fp32) and turns gradients into NaN; the recurrence is a polynomial in t and stays finite.
+"""
+from typing import Optional, Type
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .base import BaseBranch, check_positive
+
+__all__ = ['ChebyshevKANLinear', 'chebyshev_basis']
+
+
+def chebyshev_basis(x: torch.Tensor, degree: int) -> torch.Tensor:
+    """Return T_0..T_degree of tanh(x), shape (..., in_features, degree + 1)."""
+    t = torch.tanh(x)
+    polys = [torch.ones_like(t), t]
+    for _ in range(2, degree + 1):
+        polys.append(2 * t * polys[-1] - polys[-2])
+    return torch.stack(polys, dim=-1)
+
+
+class ChebyshevKANLinear(nn.Module):
+    """KAN layer with Chebyshev-polynomial edge functions.
+
+    Args:
+        in_features: Input width.
+        out_features: Output width.
+        degree: Highest polynomial degree (>= 1); each edge has degree + 1 coefficients.
+        base_activation: If given, adds a base branch ``base_weight @ act(x)`` (used by the
+            function-preserving initialisation from a pretrained MLP).
+        bias: Adds an output bias.
+    """
+
+    def __init__(
+            self,
+            in_features: int,
+            out_features: int,
+            degree: int = 3,
+            base_activation: Optional[Type[nn.Module]] = None,
+            bias: bool = False,
+            device=None,
+            dtype=None,
+    ) -> None:
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        check_positive('in_features', in_features)
+        check_positive('out_features', out_features)
+        check_positive('degree', degree)
+        self.in_features = in_features
+        self.out_features = out_features
+        self.degree = degree
+        self.coeffs = nn.Parameter(torch.empty(out_features, in_features, degree + 1, **dd))
+        self.base = BaseBranch(in_features, out_features, base_activation, **dd) if base_activation else None
+        self.bias = nn.Parameter(torch.empty(out_features, **dd)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # std 1 / (in * (degree + 1)), as the published Chebyshev KAN initialises its coefficients
+        nn.init.normal_(self.coeffs, mean=0.0, std=1.0 / (self.in_features * (self.degree + 1)))
+        if self.base is not None:
+            self.base.reset_parameters()
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def init_weights(self) -> None:
+        """Hook called by timm's ViT weight init (instead of its nn.Linear truncated normal)."""
+        self.reset_parameters()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        basis = chebyshev_basis(x, self.degree).flatten(-2)
+        y = F.linear(basis, self.coeffs.flatten(1), self.bias)
+        if self.base is not None:
+            y = y + self.base(x)
+        return y
+
+    def extra_repr(self) -> str:
+        return (
+            f'in_features={self.in_features}, out_features={self.out_features}, degree={self.degree}, '
+            f'base={self.base is not None}, bias={self.bias is not None}'
+        )

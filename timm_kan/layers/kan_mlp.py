@@ -1,0 +1,99 @@
+"""KAN feed-forward block for timm's ViT ``Block``: two KAN layers in place of fc1 -> act -> fc2."""
+from typing import Optional, Tuple, Type
+
+import torch
+from torch import nn
+
+from .bspline import BSplineKANLinear
+from .chebyshev import ChebyshevKANLinear
+
+__all__ = ['KANMlp', 'KAN_TYPES', 'KAN_BASES', 'default_kan_base']
+
+KAN_TYPES = ('chebyshev', 'bspline')
+# 'none': no base branch (published Chebyshev KAN); 'silu': SiLU base (efficient-KAN's B-spline);
+# 'mlp': identity base in layer 1 and the MLP activation in layer 2, with biases, so that copying
+# fc1/fc2 into the base weights and zeroing the KAN coefficients reproduces the MLP exactly.
+KAN_BASES = ('none', 'silu', 'mlp')
+
+
+def default_kan_base(kan_type: str) -> str:
+    return 'none' if kan_type == 'chebyshev' else 'silu'
+
+
+class KANMlp(nn.Module):
+    """``kan2(norm(kan1(x)))`` on (B, N, C) tokens, with the constructor signature timm's ``Block`` uses.
+
+    Args:
+        in_features: Token width.
+        hidden_features: Width between the KAN layers (timm passes ``dim * mlp_ratio``).
+        out_features: Output width (defaults to ``in_features``).
+        act_layer: MLP activation; the layer-2 base activation when ``kan_base='mlp'``.
+        norm_layer: Set by timm when ``scale_mlp_norm`` is on; used as the between-layer norm.
+        bias: timm's projection-bias flag; the KAN layers carry a bias only with ``kan_base='mlp'``.
+        drop: Dropout after each KAN layer.
+        kan_type: ``'chebyshev'`` or ``'bspline'``.
+        kan_base: Base branch, one of ``KAN_BASES`` (default: the published form of ``kan_type``).
+        kan_mid_norm: LayerNorm between the two KAN layers (bounds the second layer's inputs).
+        kan_hidden: Overrides ``hidden_features``.
+        degree: Chebyshev degree.
+        grid_size, spline_order, grid_range: B-spline grid.
+    """
+
+    def __init__(
+            self,
+            in_features: int,
+            hidden_features: Optional[int] = None,
+            out_features: Optional[int] = None,
+            act_layer: Type[nn.Module] = nn.GELU,
+            norm_layer: Optional[Type[nn.Module]] = None,
+            bias: bool = True,
+            drop: float = 0.,
+            device=None,
+            dtype=None,
+            kan_type: str = 'chebyshev',
+            kan_base: Optional[str] = None,
+            kan_mid_norm: bool = True,
+            kan_hidden: Optional[int] = None,
+            degree: int = 3,
+            grid_size: int = 5,
+            spline_order: int = 3,
+            grid_range: Tuple[float, float] = (-1.0, 1.0),
+            **kwargs,  # arguments a newer timm Block may pass; the KAN block has no use for them
+    ) -> None:
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        if kan_type not in KAN_TYPES:
+            raise ValueError(f'kan_type must be one of {KAN_TYPES}, got {kan_type!r}')
+        kan_base = kan_base or default_kan_base(kan_type)
+        if kan_base not in KAN_BASES:
+            raise ValueError(f'kan_base must be one of {KAN_BASES}, got {kan_base!r}')
+        out_features = out_features or in_features
+        hidden_features = kan_hidden or hidden_features or in_features
+        self.kan_type = kan_type
+        self.kan_base = kan_base
+
+        with_bias = bias and kan_base == 'mlp'
+        base1, base2 = {'none': (None, None), 'silu': (nn.SiLU, nn.SiLU), 'mlp': (nn.Identity, act_layer)}[kan_base]
+
+        def make(i: int, o: int, base_activation: Optional[Type[nn.Module]]) -> nn.Module:
+            if kan_type == 'chebyshev':
+                return ChebyshevKANLinear(i, o, degree=degree, base_activation=base_activation, bias=with_bias, **dd)
+            return BSplineKANLinear(
+                i, o, grid_size=grid_size, spline_order=spline_order, grid_range=grid_range,
+                base_activation=base_activation, bias=with_bias, **dd)
+
+        self.kan1 = make(in_features, hidden_features, base1)
+        self.drop1 = nn.Dropout(drop)
+        if norm_layer is not None:
+            self.norm = norm_layer(hidden_features, **dd)
+        elif kan_mid_norm:
+            self.norm = nn.LayerNorm(hidden_features, **dd)
+        else:
+            self.norm = nn.Identity()
+        self.kan2 = make(hidden_features, out_features, base2)
+        self.drop2 = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.drop1(self.kan1(x))
+        x = self.norm(x)
+        return self.drop2(self.kan2(x))

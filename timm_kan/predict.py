@@ -1,0 +1,69 @@
+"""Top-k prediction for image files with a timm or KAN-ViT model, using the model's own data config."""
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+import timm
+from timm.data import create_transform
+
+from .accounting import model_data_config
+from .hub import model_from_checkpoint, read_class_map
+
+__all__ = ['load_for_inference', 'predict_images']
+
+
+def load_for_inference(
+        model: str,
+        checkpoint: Optional[Union[str, Path]] = None,
+        class_map: Optional[Union[str, Path]] = None,
+        model_kwargs: Optional[Dict[str, Any]] = None,
+) -> Tuple[nn.Module, List[str]]:
+    """A model in eval mode and its class names (class map file > checkpoint > config label_names > indices)."""
+    from .compare import resolve_model_name
+
+    model = resolve_model_name(model)
+    names: Optional[List[str]] = None
+    if checkpoint:
+        net, meta = model_from_checkpoint(model, checkpoint, model_kwargs=model_kwargs)
+        if meta.get('class_map'):
+            names = [meta['class_map'][str(i)] for i in range(len(meta['class_map']))]
+    else:
+        net = timm.create_model(model, pretrained=True, **(model_kwargs or {}))
+        labels = net.pretrained_cfg.get('label_names')
+        if labels:
+            names = [labels[i] for i in range(len(labels))] if isinstance(labels, (list, tuple)) else \
+                [labels[str(i)] if str(i) in labels else labels[i] for i in range(len(labels))]
+    if class_map:
+        names = read_class_map(class_map)
+    if names is not None and len(names) != net.num_classes:
+        raise ValueError(f'class map has {len(names)} names but the model head has {net.num_classes} classes')
+    return net.eval(), names or [str(i) for i in range(net.num_classes)]
+
+
+@torch.no_grad()
+def predict_images(
+        model: nn.Module,
+        class_names: Sequence[str],
+        images: Sequence[Union[str, Path]],
+        top_k: int = 5,
+) -> List[List[Tuple[str, float]]]:
+    """Top-k (class name, probability) per image."""
+    from PIL import Image
+
+    transform = create_transform(**model_data_config(model))
+    results = []
+    for path in images:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f'image not found: {path}')
+        try:
+            with Image.open(path) as im:
+                x = transform(im.convert('RGB')).unsqueeze(0)
+        except OSError as e:
+            raise ValueError(f'cannot read image {path}: {e}') from e
+        probs = model(x.to(next(model.parameters()).device)).softmax(-1)[0]
+        p, idx = probs.topk(min(top_k, probs.numel()))
+        results.append([(class_names[i], float(v)) for v, i in zip(p.tolist(), idx.tolist())])
+    return results
