@@ -5,6 +5,7 @@ models with timm, so ``timm.create_model``, ``timm.list_models`` and timm's ``tr
 (``--device-modules timm_kan``) find them.
 """
 from .accounting import count_flops, count_parameters, model_summary
+from .hub import export_for_hub, push_to_hub
 from .layers import BSplineKANLinear, ChebyshevKANLinear, KANMlp
 from .models import CheckpointError, KANVisionTransformer, freeze
 

@@ -97,6 +97,22 @@ def _cmd_push(args: argparse.Namespace) -> None:
     print(f'pushed to {args.repo_id}: timm.create_model("hf-hub:{args.repo_id}", pretrained=True)')
 
 
+def _cmd_split(args: argparse.Namespace) -> None:
+    from .data import split_image_folder
+
+    classes = split_image_folder(Path(args.src), Path(args.dst), args.val_ratio, args.seed)
+    (Path(args.dst) / 'class_indices.json').write_text(json.dumps({str(i): c for i, c in enumerate(classes)}, indent=2))
+    print(f'{args.dst}/train and {args.dst}/val: {len(classes)} classes, class map in {args.dst}/class_indices.json')
+
+
+def _cmd_models(args: argparse.Namespace) -> None:
+    from .tables import registry_table, update_readme
+    if args.update_readme:
+        update_readme(args.update_readme, args.compare_results)
+    else:
+        print(registry_table())
+
+
 def _cmd_bench(args: argparse.Namespace) -> None:
     from .bench import main as bench_main
     bench_main(args.bench_args)
@@ -177,6 +193,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--token', default=None)
     p.add_argument('--export-only', default=None, metavar='DIR', help='write the upload folder here, upload nothing')
     p.set_defaults(fn=_cmd_push)
+
+    p = sub.add_parser('split', help='split a one-folder-per-class data set into train/ and val/ (links)')
+    p.add_argument('src')
+    p.add_argument('dst')
+    p.add_argument('--val-ratio', type=float, default=0.2)
+    p.add_argument('--seed', type=int, default=0)
+    p.set_defaults(fn=_cmd_split)
+
+    p = sub.add_parser('models', help="markdown table of the registered models (README's table)")
+    p.add_argument('--update-readme', default=None, metavar='README', help='rewrite the tables in this file')
+    p.add_argument('--compare-results', default=None, help="results.json whose table goes into the README")
+    p.set_defaults(fn=_cmd_models)
 
     p = sub.add_parser('bench', help='time KAN layers against the MLP (see timm-kan bench --help)', add_help=False)
     p.add_argument('bench_args', nargs=argparse.REMAINDER)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..kernels import use_fused
 from .base import BaseBranch, check_positive
 
 __all__ = ['ChebyshevKANLinear', 'chebyshev_basis']
@@ -40,6 +41,7 @@ class ChebyshevKANLinear(nn.Module):
         base_activation: If given, adds a base branch ``base_weight @ act(x)`` (used by the
             function-preserving initialisation from a pretrained MLP).
         bias: Adds an output bias.
+        fused: Triton kernel (True), PyTorch reference (False) or the kernel for CUDA tensors (None).
     """
 
     def __init__(
@@ -49,11 +51,13 @@ class ChebyshevKANLinear(nn.Module):
             degree: int = 3,
             base_activation: Optional[Type[nn.Module]] = None,
             bias: bool = False,
+            fused: Optional[bool] = None,
             device=None,
             dtype=None,
     ) -> None:
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
+        self.fused = fused
         check_positive('in_features', in_features)
         check_positive('out_features', out_features)
         check_positive('degree', degree)
@@ -78,8 +82,14 @@ class ChebyshevKANLinear(nn.Module):
         self.reset_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        basis = chebyshev_basis(x, self.degree).flatten(-2)
-        y = F.linear(basis, self.coeffs.flatten(1), self.bias)
+        if use_fused(x, self.fused):
+            from ..kernels.chebyshev_triton import chebyshev_kan_matmul
+            y = chebyshev_kan_matmul(x, self.coeffs)
+            if self.bias is not None:
+                y = y + self.bias
+        else:
+            basis = chebyshev_basis(x, self.degree).flatten(-2)
+            y = F.linear(basis, self.coeffs.flatten(1), self.bias)
         if self.base is not None:
             y = y + self.base(x)
         return y

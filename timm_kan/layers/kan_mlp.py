@@ -35,6 +35,8 @@ class KANMlp(nn.Module):
         kan_base: Base branch, one of ``KAN_BASES`` (default: the published form of ``kan_type``).
         kan_mid_norm: LayerNorm between the two KAN layers (bounds the second layer's inputs).
         kan_hidden: Overrides ``hidden_features``.
+        kan_fused: Triton kernel (True), PyTorch reference (False), or the kernel on CUDA (None);
+            Chebyshev only so far.
         degree: Chebyshev degree.
         grid_size, spline_order, grid_range: B-spline grid.
     """
@@ -54,6 +56,7 @@ class KANMlp(nn.Module):
             kan_base: Optional[str] = None,
             kan_mid_norm: bool = True,
             kan_hidden: Optional[int] = None,
+            kan_fused: Optional[bool] = None,
             degree: int = 3,
             grid_size: int = 5,
             spline_order: int = 3,
@@ -67,6 +70,8 @@ class KANMlp(nn.Module):
         kan_base = kan_base or default_kan_base(kan_type)
         if kan_base not in KAN_BASES:
             raise ValueError(f'kan_base must be one of {KAN_BASES}, got {kan_base!r}')
+        if kan_fused and kan_type != 'chebyshev':
+            raise ValueError(f'kan_fused=True: there is no fused kernel for {kan_type} KAN yet (only chebyshev)')
         out_features = out_features or in_features
         hidden_features = kan_hidden or hidden_features or in_features
         self.kan_type = kan_type
@@ -77,7 +82,8 @@ class KANMlp(nn.Module):
 
         def make(i: int, o: int, base_activation: Optional[Type[nn.Module]]) -> nn.Module:
             if kan_type == 'chebyshev':
-                return ChebyshevKANLinear(i, o, degree=degree, base_activation=base_activation, bias=with_bias, **dd)
+                return ChebyshevKANLinear(
+                    i, o, degree=degree, base_activation=base_activation, bias=with_bias, fused=kan_fused, **dd)
             return BSplineKANLinear(
                 i, o, grid_size=grid_size, spline_order=spline_order, grid_range=grid_range,
                 base_activation=base_activation, bias=with_bias, **dd)

@@ -69,13 +69,13 @@ def _describe(keys: Iterable[str], limit: int = 8) -> str:
 def kan_checkpoint_filter_fn(
         state_dict: Dict[str, torch.Tensor],
         model: nn.Module,
-        strict: bool = True,
+        strict: Optional[bool] = None,
         source: Optional[str] = None,
         source_classes: Optional[int] = None,
 ) -> Dict[str, torch.Tensor]:
     """Turn a ViT or KAN-ViT state dict into a complete, validated state dict for ``model``.
 
-    ``source`` names the checkpoint in errors and ``source_classes`` is the class count its head was
+    ``strict`` defaults to the model's ``strict_load``; ``source`` names the checkpoint in errors and ``source_classes`` is the class count its head was
     trained for (both default to the model's pretrained_cfg). Records the keys taken from the checkpoint on ``model._loaded_keys`` and its layout
     ('vit' or 'kan') on ``model.checkpoint_layout`` for the freeze policies.
 
@@ -84,6 +84,7 @@ def kan_checkpoint_filter_fn(
             tensors the model has no place for.
     """
     source = source or _source_name(model)
+    strict = getattr(model, 'strict_load', True) if strict is None else strict
     state_dict = state_dict.get('model', state_dict)
     state_dict = state_dict.get('state_dict', state_dict)
     if not any(k.startswith('blocks.') for k in state_dict):
@@ -139,9 +140,10 @@ def kan_checkpoint_filter_fn(
             del out[k]
             loaded.discard(k)
 
+    # in the model's order, so that the first mismatch named is the earliest layer
     mismatched = [
-        f'{k}: expected {tuple(expected[k].shape)}, found {tuple(v.shape)}'
-        for k, v in out.items() if tuple(v.shape) != tuple(expected[k].shape)]
+        f'{k}: expected {tuple(v.shape)}, found {tuple(out[k].shape)}'
+        for k, v in expected.items() if k in out and tuple(out[k].shape) != tuple(v.shape)]
     if mismatched:
         raise CheckpointError(
             f'{source} does not fit {_model_name(model)} (another model size or other KAN options?): '

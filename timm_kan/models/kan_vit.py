@@ -17,7 +17,7 @@ import difflib
 import inspect
 import pickle
 from functools import partial
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 from safetensors import SafetensorError
 from timm.layers import get_act_layer
@@ -36,7 +36,7 @@ KAN_FAMILIES = {
     'kan_vit': dict(kan_type='bspline', options=('grid_size', 'spline_order', 'grid_range')),
     'chebykan_vit': dict(kan_type='chebyshev', options=('degree',)),
 }
-_COMMON_OPTIONS = ('kan_base', 'kan_mid_norm', 'kan_hidden')
+_COMMON_OPTIONS = ('kan_base', 'kan_mid_norm', 'kan_hidden', 'kan_fused')
 _ALL_KAN_OPTIONS = sorted({o for f in KAN_FAMILIES.values() for o in f['options']} | set(_COMMON_OPTIONS))
 
 # architecture name -> (ViT arguments, short alias, in21k weights in timm's hub org, classes of that head)
@@ -72,12 +72,14 @@ class KANVisionTransformer(VisionTransformer):
     Args:
         kan_args: Arguments of ``KANMlp`` (kan_type, degree, grid sizes, base, mid norm, hidden width).
         kan_init: How the KAN layers are initialised when pretrained ViT weights are loaded.
+        strict_load: Pretrained loads refuse checkpoint tensors that have no place in the model.
         **kwargs: ``VisionTransformer`` arguments.
     """
 
-    def __init__(self, kan_args: Dict[str, Any], kan_init: str = 'random', **kwargs) -> None:
+    def __init__(self, kan_args: Dict[str, Any], kan_init: str = 'random', strict_load: bool = True, **kwargs) -> None:
         self.kan_args = dict(kan_args)
         self.kan_init = kan_init
+        self.strict_load = strict_load
         self.vit_args = dict(kwargs)
         super().__init__(mlp_layer=partial(KANMlp, **kan_args), **kwargs)
 
@@ -163,8 +165,9 @@ def _create_kan_vit(variant: str, pretrained: bool = False, **kwargs) -> KANVisi
             KANVisionTransformer,
             variant,
             pretrained,
-            pretrained_filter_fn=partial(kan_checkpoint_filter_fn, strict=user_strict),
+            pretrained_filter_fn=kan_checkpoint_filter_fn,
             pretrained_strict=user_strict,
+            strict_load=user_strict,
             feature_cfg=dict(out_indices=kwargs.pop('out_indices', 3), feature_cls='getter'),
             kan_args=kan_args,
             kan_init=kan_init,

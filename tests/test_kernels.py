@@ -1,0 +1,91 @@
+"""Fused Triton kernels against the PyTorch reference: values and gradients (CPU: Triton's interpreter)."""
+import pytest
+import torch
+from torch import nn
+
+from timm_kan import kernels
+from timm_kan.layers import ChebyshevKANLinear, KANMlp
+
+triton = pytest.importorskip('triton')
+DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
+
+
+def _pair(in_f, out_f, degree, **kwargs):
+    torch.manual_seed(0)
+    ref = ChebyshevKANLinear(in_f, out_f, degree=degree, fused=False, **kwargs).to(DEVICE)
+    with torch.no_grad():
+        ref.coeffs.normal_(0, 0.3)
+        if ref.bias is not None:
+            ref.bias.normal_()
+    fused = ChebyshevKANLinear(in_f, out_f, degree=degree, fused=True, **kwargs).to(DEVICE)
+    fused.load_state_dict(ref.state_dict())
+    return ref, fused
+
+
+def _check(ref, fused, x, tol):
+    xr = x.detach().clone().requires_grad_()
+    xf = x.detach().clone().requires_grad_()
+    yr, yf = ref(xr), fused(xf)
+    torch.testing.assert_close(yf, yr, rtol=tol, atol=tol)
+    g = torch.randn_like(yr)
+    yr.backward(g)
+    yf.backward(g)
+    torch.testing.assert_close(xf.grad, xr.grad, rtol=tol, atol=tol)
+    for (name, pr), pf in zip(ref.named_parameters(), fused.parameters()):
+        torch.testing.assert_close(pf.grad, pr.grad, rtol=tol, atol=tol, msg=name)
+
+
+TOL = 2e-3 if DEVICE == 'cuda' else 1e-4  # tf32 products on the GPU
+
+
+@pytest.mark.parametrize('degree', [1, 3, 5])
+@pytest.mark.parametrize('shape', [(37, 20, 24), (16, 16, 16)])
+def test_fused_chebyshev_matches_reference(degree, shape):
+    m, in_f, out_f = shape
+    ref, fused = _pair(in_f, out_f, degree)
+    _check(ref, fused, torch.randn(m, in_f, device=DEVICE) * 1.5, TOL)
+
+
+def test_fused_chebyshev_tokens_noncontiguous_bias_and_base():
+    ref, fused = _pair(18, 21, 3, bias=True, base_activation=nn.GELU)
+    x = torch.randn(2, 18, 9, device=DEVICE).transpose(1, 2)  # (B, N, C) view with strides
+    assert not x.is_contiguous()
+    _check(ref, fused, x, TOL)
+
+
+def test_fused_chebyshev_extreme_inputs_are_finite():
+    _, fused = _pair(16, 16, 4)
+    x = torch.tensor([1e4, -1e4, 9.5, -3.6] * 4, device=DEVICE).repeat(16, 1).requires_grad_()
+    y = fused(x)
+    y.sum().backward()
+    assert torch.isfinite(y).all() and torch.isfinite(x.grad).all() and torch.isfinite(fused.coeffs.grad).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='bf16 autocast kernels need a GPU')
+def test_fused_chebyshev_bf16_autocast_close_to_fp32_reference():
+    ref, fused = _pair(256, 384, 3)
+    x = torch.randn(1000, 256, device='cuda')
+    with torch.autocast('cuda', dtype=torch.bfloat16):
+        yf = fused(x)
+    yr = ref(x)
+    assert ((yf.float() - yr).norm() / yr.norm()).item() < 1e-2
+
+
+def test_kan_mlp_fused_option_reaches_the_layers():
+    torch.manual_seed(0)
+    block = KANMlp(16, 32, kan_type='chebyshev', kan_fused=True).to(DEVICE)
+    ref = KANMlp(16, 32, kan_type='chebyshev', kan_fused=False).to(DEVICE)
+    ref.load_state_dict(block.state_dict())
+    x = torch.randn(2, 5, 16, device=DEVICE)
+    torch.testing.assert_close(block(x), ref(x), rtol=TOL, atol=TOL)
+    with pytest.raises(ValueError, match='no fused kernel for bspline KAN yet'):
+        KANMlp(16, 32, kan_type='bspline', kan_fused=True)
+
+
+def test_dispatch(monkeypatch):
+    cpu = torch.zeros(2)
+    assert kernels.use_fused(cpu, None) is False  # CPU tensors take the reference unless forced
+    assert kernels.use_fused(cpu, True) is True and kernels.use_fused(cpu, False) is False
+    monkeypatch.setattr(kernels, 'triton_available', lambda: False)
+    with pytest.raises(RuntimeError, match='fused=True needs Triton'):
+        kernels.use_fused(cpu, True)

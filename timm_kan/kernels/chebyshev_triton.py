@@ -1,0 +1,194 @@
+"""Fused Triton kernels for the Chebyshev KAN layer.
+
+Forward: Y = sum_k T_k(tanh X) @ W_k with the basis built in registers inside the GEMM's K loop, so the
+(M, in * (degree + 1)) basis is never written to memory. Backward recomputes the basis:
+    dW_k = T_k(t)^T @ dY                                      (one program per k and output tile)
+    dX   = (1 - t^2) * sum_k (dY @ W_k^T) * T'_k(t)           (T'_{k+1} = 2 T_k + 2 t T'_k - T'_{k-1})
+with t = tanh(X). ``W`` is laid out (degree + 1, in, out). Products run in the weight dtype (bf16/fp16
+under autocast) with fp32 accumulation; the basis recurrence runs in fp32.
+
+The PyTorch reference is :class:`timm_kan.layers.ChebyshevKANLinear` on its reference path; the tests
+compare the two (on CPU through ``TRITON_INTERPRET=1``).
+"""
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ['chebyshev_kan_matmul']
+
+
+@triton.jit
+def _tanh(x):
+    # 1 - 2 / (exp(2x) + 1): exact limits +-1 for large |x| (exp overflows to inf or underflows to 0)
+    return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
+
+
+@triton.jit
+def _fwd_kernel(
+        X, W, Y, M, IN, OUT,
+        stride_xm, stride_xi, stride_wk, stride_wi, stride_wo, stride_ym, stride_yo,
+        DEGREE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_I: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for i0 in range(0, IN, BLOCK_I):
+        offs_i = i0 + tl.arange(0, BLOCK_I)
+        x_mask = (offs_m[:, None] < M) & (offs_i[None, :] < IN)
+        x = tl.load(X + offs_m[:, None] * stride_xm + offs_i[None, :] * stride_xi, mask=x_mask, other=0.0)
+        t = _tanh(x.to(tl.float32))
+        w_ptr = W + offs_i[:, None] * stride_wi + offs_n[None, :] * stride_wo
+        w_mask = (offs_i[:, None] < IN) & (offs_n[None, :] < OUT)
+        # T_0 = 1: masked-out inputs meet zero weights, so they add nothing
+        w = tl.load(w_ptr, mask=w_mask, other=0.0)
+        t_prev = tl.full((BLOCK_M, BLOCK_I), 1.0, tl.float32)
+        acc += tl.dot(t_prev.to(w.dtype), w)
+        t_cur = t
+        w = tl.load(w_ptr + stride_wk, mask=w_mask, other=0.0)
+        acc += tl.dot(t_cur.to(w.dtype), w)
+        for k in tl.static_range(2, DEGREE + 1):
+            t_next = 2.0 * t * t_cur - t_prev
+            t_prev = t_cur
+            t_cur = t_next
+            w = tl.load(w_ptr + k * stride_wk, mask=w_mask, other=0.0)
+            acc += tl.dot(t_cur.to(w.dtype), w)
+    y_mask = (offs_m[:, None] < M) & (offs_n[None, :] < OUT)
+    tl.store(Y + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yo, acc.to(Y.dtype.element_ty), mask=y_mask)
+
+
+@triton.jit
+def _bwd_dx_kernel(
+        X, W, DY, DX, M, IN, OUT,
+        stride_xm, stride_xi, stride_wk, stride_wi, stride_wo, stride_dym, stride_dyo, stride_dxm, stride_dxi,
+        DEGREE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_I: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_i = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_i = pid_i * BLOCK_I + tl.arange(0, BLOCK_I)
+    x_mask = (offs_m[:, None] < M) & (offs_i[None, :] < IN)
+    x = tl.load(X + offs_m[:, None] * stride_xm + offs_i[None, :] * stride_xi, mask=x_mask, other=0.0)
+    t = _tanh(x.to(tl.float32))
+    acc = tl.zeros((BLOCK_M, BLOCK_I), dtype=tl.float32)
+    for n0 in range(0, OUT, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        dy = tl.load(DY + offs_m[:, None] * stride_dym + offs_n[None, :] * stride_dyo,
+                     mask=(offs_m[:, None] < M) & (offs_n[None, :] < OUT), other=0.0)
+        # W_k^T tile: (BLOCK_N, BLOCK_I)
+        wt_ptr = W + offs_n[:, None] * stride_wo + offs_i[None, :] * stride_wi
+        wt_mask = (offs_n[:, None] < OUT) & (offs_i[None, :] < IN)
+        # k = 1: T'_1 = 1
+        wt = tl.load(wt_ptr + stride_wk, mask=wt_mask, other=0.0)
+        acc += tl.dot(dy.to(wt.dtype), wt)
+        t_prev = tl.full((BLOCK_M, BLOCK_I), 1.0, tl.float32)
+        t_cur = t
+        d_prev = tl.zeros((BLOCK_M, BLOCK_I), dtype=tl.float32)
+        d_cur = tl.full((BLOCK_M, BLOCK_I), 1.0, tl.float32)
+        for k in tl.static_range(2, DEGREE + 1):
+            d_next = 2.0 * t_cur + 2.0 * t * d_cur - d_prev
+            t_next = 2.0 * t * t_cur - t_prev
+            d_prev = d_cur
+            d_cur = d_next
+            t_prev = t_cur
+            t_cur = t_next
+            wt = tl.load(wt_ptr + k * stride_wk, mask=wt_mask, other=0.0)
+            acc += tl.dot(dy.to(wt.dtype), wt) * d_cur
+    dx = acc * (1.0 - t * t)
+    tl.store(DX + offs_m[:, None] * stride_dxm + offs_i[None, :] * stride_dxi, dx.to(DX.dtype.element_ty),
+             mask=x_mask)
+
+
+@triton.jit
+def _bwd_dw_kernel(
+        X, DY, DW, M, IN, OUT,
+        stride_xm, stride_xi, stride_dym, stride_dyo, stride_dwk, stride_dwi, stride_dwo,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_I: tl.constexpr,
+):
+    pid_i = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    k = tl.program_id(2)
+    offs_i = pid_i * BLOCK_I + tl.arange(0, BLOCK_I)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    acc = tl.zeros((BLOCK_I, BLOCK_N), dtype=tl.float32)
+    for m0 in range(0, M, BLOCK_M):
+        offs_m = m0 + tl.arange(0, BLOCK_M)
+        x = tl.load(X + offs_m[:, None] * stride_xm + offs_i[None, :] * stride_xi,
+                    mask=(offs_m[:, None] < M) & (offs_i[None, :] < IN), other=0.0)
+        t = _tanh(x.to(tl.float32))
+        t_prev = tl.full((BLOCK_M, BLOCK_I), 1.0, tl.float32)
+        t_cur = t
+        for _ in range(1, k):
+            t_next = 2.0 * t * t_cur - t_prev
+            t_prev = t_cur
+            t_cur = t_next
+        basis = tl.where(k == 0, t_prev, t_cur)
+        # rows past M read dY = 0, so their T_0 = 1 adds nothing
+        dy = tl.load(DY + offs_m[:, None] * stride_dym + offs_n[None, :] * stride_dyo,
+                     mask=(offs_m[:, None] < M) & (offs_n[None, :] < OUT), other=0.0)
+        acc += tl.dot(tl.trans(basis.to(dy.dtype)), dy)
+    tl.store(DW + k * stride_dwk + offs_i[:, None] * stride_dwi + offs_n[None, :] * stride_dwo,
+             acc.to(DW.dtype.element_ty), mask=(offs_i[:, None] < IN) & (offs_n[None, :] < OUT))
+
+
+def _blocks(x: torch.Tensor):
+    # tl.dot needs tiles of at least 16; larger tiles pay off on the GPU, small ones keep the
+    # interpreter fast
+    if x.is_cuda:
+        return 64, 64, 32
+    return 16, 16, 16
+
+
+class _ChebyshevKANMatmul(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        m, n_in = x.shape
+        n_out = w.shape[2]
+        degree = w.shape[0] - 1
+        y = torch.empty(m, n_out, device=x.device, dtype=w.dtype)
+        bm, bn, bi = _blocks(x)
+        grid = (triton.cdiv(m, bm), triton.cdiv(n_out, bn))
+        _fwd_kernel[grid](
+            x, w, y, m, n_in, n_out, x.stride(0), x.stride(1), w.stride(0), w.stride(1), w.stride(2),
+            y.stride(0), y.stride(1), DEGREE=degree, BLOCK_M=bm, BLOCK_N=bn, BLOCK_I=bi)
+        ctx.save_for_backward(x, w)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        x, w = ctx.saved_tensors
+        m, n_in = x.shape
+        n_out = w.shape[2]
+        degree = w.shape[0] - 1
+        bm, bn, bi = _blocks(x)
+        dx = dw = None
+        if ctx.needs_input_grad[0]:
+            dx = torch.empty_like(x)
+            grid = (triton.cdiv(m, bm), triton.cdiv(n_in, bi))
+            _bwd_dx_kernel[grid](
+                x, w, dy, dx, m, n_in, n_out, x.stride(0), x.stride(1), w.stride(0), w.stride(1), w.stride(2),
+                dy.stride(0), dy.stride(1), dx.stride(0), dx.stride(1),
+                DEGREE=degree, BLOCK_M=bm, BLOCK_N=bn, BLOCK_I=bi)
+        if ctx.needs_input_grad[1]:
+            dw = torch.empty(w.shape, device=w.device, dtype=torch.float32)
+            grid = (triton.cdiv(n_in, bi), triton.cdiv(n_out, bn), degree + 1)
+            _bwd_dw_kernel[grid](
+                x, dy, dw, m, n_in, n_out, x.stride(0), x.stride(1), dy.stride(0), dy.stride(1),
+                dw.stride(0), dw.stride(1), dw.stride(2), BLOCK_M=bm, BLOCK_N=bn, BLOCK_I=bi)
+            dw = dw.to(w.dtype)
+        return dx, dw
+
+
+def chebyshev_kan_matmul(x: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
+    """``sum_i sum_k T_k(tanh x_i) * coeffs[o, i, k]`` for x of shape (..., in) and coeffs (out, in, degree + 1).
+
+    Under autocast the products run in the autocast dtype (coefficients cast to it); otherwise in the
+    coefficients' dtype. Differentiable in ``x`` and ``coeffs``.
+    """
+    lead = x.shape[:-1]
+    if x.device.type != 'cpu' and torch.is_autocast_enabled(x.device.type):
+        coeffs = coeffs.to(torch.get_autocast_dtype(x.device.type))
+    w = coeffs.permute(2, 1, 0)  # (degree + 1, in, out) view: the kernels take strides
+    y = _ChebyshevKANMatmul.apply(x.reshape(-1, x.shape[-1]), w)
+    return y.reshape(*lead, coeffs.shape[0])
