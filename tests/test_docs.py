@@ -69,3 +69,33 @@ def test_train_configs_cover_both_families_and_sizes():
     for family in ('chebykan', 'kan'):
         assert f'seed_{family}_vit_b16_finetune' in names
         assert {f'in1k_{family}_vit_{s}' for s in ('t16', 's16', 'b16')} <= names
+
+
+@pytest.mark.skipif(not os.environ.get('TIMM_TRAIN_PY'), reason="set TIMM_TRAIN_PY to a timm checkout's train.py")
+def test_timm_train_py_runs_the_seed_config(tmp_path):
+    """timm's own train.py with the seed config: device_modules imports timm_kan, a ViT file is adapted."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    rng = np.random.RandomState(0)
+    for split, n in (('train', 8), ('val', 4)):
+        for name, rgb in {'red': (220, 30, 30), 'blue': (40, 50, 230)}.items():
+            d = tmp_path / 'data' / split / name
+            d.mkdir(parents=True)
+            for i in range(n):
+                img = np.clip(np.array(rgb) + rng.randint(-25, 25, (32, 32, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(d / f'{i}.png')
+    save_file(timm.create_model('vit_tiny_patch16_224', img_size=32, depth=2, num_classes=0).state_dict(),
+              str(tmp_path / 'vit.safetensors'))
+    cmd = [sys.executable, os.environ['TIMM_TRAIN_PY'], '-c', str(ROOT / 'train_configs/seed_chebykan_vit_b16_finetune.yaml'),
+           '--data-dir', str(tmp_path / 'data'), '--model', 'chebykan_vit_t16', '--pretrained-path',
+           str(tmp_path / 'vit.safetensors'), '--model-kwargs', 'img_size=32', 'depth=2', 'freeze=backbone',
+           'kan_init=mlp', '--num-classes', '2', '--img-size', '32', '--epochs', '1', '-b', '4',
+           '--validation-batch-size', '4', '--workers', '0', '--device', 'cpu', '--output', str(tmp_path / 'out')]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert list((tmp_path / 'out').glob('*/last.pth.tar'))

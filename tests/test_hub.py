@@ -145,3 +145,18 @@ def test_loading_without_import_explains(tmp_path):
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
     assert result.returncode != 0
     assert 'Unknown model (chebykan_vit_t16)' in result.stderr
+
+
+def test_push_rebuilds_a_model_trained_from_a_pretrained_vit(tmp_path):
+    """timm train.py records load-time options (kan_init='mlp', freeze) in args.model_kwargs: the
+    rebuilt model has the architecture they imply and loads no pretrained weights."""
+    torch.manual_seed(0)
+    trained = timm.create_model('kan_vit_t16', num_classes=3, kan_base='mlp', kan_mid_norm=False, **SMALL)
+    path = tmp_path / 'last.pth.tar'
+    torch.save({'state_dict': trained.state_dict(), 'arch': 'kan_vit_t16', 'args': argparse.Namespace(
+        model='kan_vit_t16', model_kwargs=dict(SMALL, kan_init='mlp', freeze='backbone'))}, path)
+    out = tmp_path / 'export'
+    assert cli_main(['push', str(path), '--model', 'kan_vit_t16', '--repo-id', 'org/n', '--export-only', str(out)]) == 0
+    loaded = timm.create_model(f'local-dir:{out}', pretrained=True)
+    assert loaded.kan_args['kan_base'] == 'mlp' and loaded.kan_args['kan_mid_norm'] is False
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in trained.state_dict().items())

@@ -53,6 +53,7 @@ def test_fused_chebyshev_tokens_noncontiguous_bias_and_base():
     _check(ref, fused, x, TOL)
 
 
+@pytest.mark.filterwarnings('ignore:overflow encountered in exp:RuntimeWarning')  # exp(2e4) = inf, by design
 def test_fused_chebyshev_extreme_inputs_are_finite():
     _, fused = _pair(16, 16, 4)
     x = torch.tensor([1e4, -1e4, 9.5, -3.6] * 4, device=DEVICE).repeat(16, 1).requires_grad_()
@@ -89,3 +90,47 @@ def test_dispatch(monkeypatch):
     monkeypatch.setattr(kernels, 'triton_available', lambda: False)
     with pytest.raises(RuntimeError, match='fused=True needs Triton'):
         kernels.use_fused(cpu, True)
+
+
+_COMPILE_SM90 = r'''
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from timm_kan.kernels import chebyshev_triton as ck
+
+def sig(names, types):
+    return dict(zip(names, types))
+
+blocks = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_I=64)
+i32 = ['i32'] * 20
+kernels = {
+    '_fwd_kernel': (['X', 'W', 'Y'], ['M', 'IN', 'OUT', 'stride_xm', 'stride_xi', 'stride_wk', 'stride_wi',
+                                      'stride_wo', 'stride_ym', 'stride_yo'], dict(DEGREE=3, **blocks)),
+    '_bwd_dx_kernel': (['X', 'W', 'DY', 'DX'], ['M', 'IN', 'OUT', 'stride_xm', 'stride_xi', 'stride_wk', 'stride_wi',
+                                                'stride_wo', 'stride_dym', 'stride_dyo', 'stride_dxm', 'stride_dxi'],
+                       dict(DEGREE=3, **blocks)),
+    '_bwd_dw_kernel': (['X', 'DY', 'DW'], ['M', 'IN', 'OUT', 'stride_xm', 'stride_xi', 'stride_dym', 'stride_dyo',
+                                           'stride_dwk', 'stride_dwi', 'stride_dwo'], blocks),
+}
+for name, (ptrs, ints, consts) in kernels.items():
+    ptr_types = ['*bf16'] * len(ptrs)
+    if name == '_bwd_dw_kernel':
+        ptr_types = ['*bf16', '*bf16', '*fp32']
+    signature = dict(sig(ptrs, ptr_types), **sig(ints, i32), **{k: 'constexpr' for k in consts})
+    compiled = triton.compile(ASTSource(fn=getattr(ck, name), signature=signature, constexprs=consts),
+                              target=GPUTarget('cuda', 90, 32))
+    assert 'wgmma.mma_async' in compiled.asm['ptx'], name
+    print(name, 'ok')
+'''
+
+
+def test_kernels_compile_for_hopper_with_tensor_core_instructions():
+    """Without a GPU: Triton compiles each kernel for sm_90 and the PTX uses wgmma (Hopper tensor cores)."""
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
+    result = subprocess.run([sys.executable, '-c', _COMPILE_SM90], capture_output=True, text=True, env=env,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ['_fwd_kernel', 'ok', '_bwd_dx_kernel', 'ok', '_bwd_dw_kernel', 'ok']

@@ -201,8 +201,10 @@ def model_from_checkpoint(
     """
     import timm
 
+    from .models import architecture_kwargs
+
     state_dict, meta = load_training_checkpoint(checkpoint, use_ema=use_ema)
-    kwargs = dict(meta['model_args'], **(model_kwargs or {}))
+    kwargs = architecture_kwargs(dict(meta['model_args'], **(model_kwargs or {})))
     if num_classes is not None:
         kwargs['num_classes'] = num_classes
     elif 'head.weight' in state_dict:

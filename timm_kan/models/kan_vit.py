@@ -29,7 +29,7 @@ from ..layers.base import check_positive
 from ._pretrained import (
     FREEZE_POLICIES, KAN_INITS, CheckpointError, freeze, kan_checkpoint_filter_fn, load_npz_into_kan_vit)
 
-__all__ = ['KANVisionTransformer', 'KAN_FAMILIES']
+__all__ = ['KANVisionTransformer', 'KAN_FAMILIES', 'architecture_kwargs']
 
 # family prefix -> KAN layer type and the options that belong to it
 KAN_FAMILIES = {
@@ -96,6 +96,19 @@ class KANVisionTransformer(VisionTransformer):
     def load_pretrained(self, checkpoint_path: str, prefix: str = '') -> None:
         """Load Google's original ``.npz`` ViT checkpoints (timm's ``custom_load`` path)."""
         load_npz_into_kan_vit(self, checkpoint_path, prefix)
+
+
+def architecture_kwargs(kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """``create_model`` kwargs without the load-time options, keeping the architecture they imply.
+
+    Rebuilding a trained model (e.g. from timm ``train.py``'s recorded ``model_kwargs``) needs the same
+    layers but no pretrained load: ``kan_init='mlp'`` implies ``kan_base='mlp'`` and ``kan_mid_norm=False``.
+    """
+    out = {k: v for k, v in kwargs.items() if k not in _ADAPTER_KWARGS}
+    if kwargs.get('kan_init') == 'mlp':
+        out.setdefault('kan_base', 'mlp')
+        out.setdefault('kan_mid_norm', False)
+    return out
 
 
 def _check_kwargs(variant: str, family: str, kwargs: Dict[str, Any]) -> None:
