@@ -100,7 +100,7 @@ def test_trained_model_predicts_its_class(color_folder, tmp_path, capsys):
 def test_ddp_with_two_gloo_processes(color_folder, tmp_path):
     out = tmp_path / 'ddp'
     env = dict(os.environ, OMP_NUM_THREADS='1')
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', '29517',
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
            '-m', 'timm_kan.cli', 'compare', '--data', str(color_folder), '--output', str(out), '--recipe', 'small',
            '--epochs', '1', '--batch-size', '4', '--models', 'chebykan_vit_t16', '--no-progress', *TINY]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
