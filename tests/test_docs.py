@@ -36,6 +36,11 @@ def test_readme_model_table_is_the_generated_one():
     assert _block('models-table') == registry_table()
 
 
+def test_readme_mission_table_is_the_generated_one():
+    from timm_kan.tables import mission_table
+    assert _block('mission-table') == mission_table()
+
+
 def test_readme_compare_table_was_pasted():
     table = _block('compare-table')
     for name in ('vit_tiny_patch16_224', 'chebykan_vit_tiny_patch16_224', 'kan_vit_tiny_patch16_224'):
@@ -69,6 +74,7 @@ def test_train_configs_cover_both_families_and_sizes():
     for family in ('chebykan', 'kan'):
         assert f'seed_{family}_vit_b16_finetune' in names
         assert {f'in1k_{family}_vit_{s}' for s in ('t16', 's16', 'b16')} <= names
+    assert {f'in1k_grkan_vit_{s}_kat' for s in ('t16', 's16', 'b16')} <= names
 
 
 @pytest.mark.skipif(not os.environ.get('TIMM_TRAIN_PY'), reason="set TIMM_TRAIN_PY to a timm checkout's train.py")

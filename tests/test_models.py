@@ -13,7 +13,7 @@ SIZES = {
     'large_patch16_224': ('l16', 1024, 24, 16, 16), 'large_patch32_224': ('l32', 1024, 24, 16, 32),
     'huge_patch14_224': ('h14', 1280, 32, 16, 14),
 }
-FAMILIES = ('kan_vit', 'chebykan_vit')
+FAMILIES = ('kan_vit', 'chebykan_vit', 'rbfkan_vit', 'grkan_vit')
 ALL_NAMES = [f'{f}_{n}' for f in FAMILIES for arch, spec in SIZES.items() for n in (arch, spec[0])]
 
 
@@ -25,7 +25,8 @@ def _small(name: str, **kwargs):
 
 def test_list_models_lists_every_variant():
     assert sorted(timm.list_models('kan_vit*')) == sorted(n for n in ALL_NAMES if n.startswith('kan_vit'))
-    assert sorted(timm.list_models('chebykan_vit*')) == sorted(n for n in ALL_NAMES if n.startswith('chebykan'))
+    for family in FAMILIES[1:]:
+        assert sorted(timm.list_models(f'{family}*')) == sorted(n for n in ALL_NAMES if n.startswith(family))
     pretrained = timm.list_models('chebykan_vit*', pretrained=True)
     assert 'chebykan_vit_base_patch16_224.augreg_in21k' in pretrained
     assert 'chebykan_vit_huge_patch14_224.orig_in21k' in pretrained
@@ -47,11 +48,13 @@ def test_every_variant_builds_runs_and_trains(name):
 @pytest.mark.parametrize('arch', list(SIZES))
 def test_full_size_architecture_is_the_standard_vit(arch):
     alias, dim, depth, heads, patch = SIZES[arch]
-    for name in (f'chebykan_vit_{arch}', f'kan_vit_{alias}'):
+    for name in (f'chebykan_vit_{arch}', f'kan_vit_{alias}', f'rbfkan_vit_{arch}', f'grkan_vit_{alias}'):
         model = timm.create_model(name, device='meta')
         assert (model.embed_dim, len(model.blocks), model.blocks[0].attn.num_heads) == (dim, depth, heads)
         assert model.patch_embed.patch_size == (patch, patch)
-        assert model.blocks[0].mlp.kan1.out_features == 4 * dim
+        mlp = model.blocks[0].mlp
+        hidden = mlp.fc1.out_features if name.startswith('grkan') else mlp.kan1.out_features
+        assert hidden == 4 * dim
 
 
 def _cheby_ffn_params(dim, hidden, degree, mid_norm=True):
@@ -101,7 +104,7 @@ def test_unknown_option_suggests_the_right_one():
 
 
 def test_option_of_the_other_family_is_named():
-    with pytest.raises(ValueError, match=r"'grid_size' belongs to the kan_vit_\* family"):
+    with pytest.raises(ValueError, match=r"'grid_size' belongs to the kan_vit_\* / rbfkan_vit_\* families"):
         timm.create_model('chebykan_vit_t16', grid_size=8)
     with pytest.raises(ValueError, match=r"'degree' belongs to the chebykan_vit_\* family"):
         timm.create_model('kan_vit_t16', degree=4)

@@ -38,7 +38,7 @@ class PublishedChebyshevKAN(nn.Module):
 
 def _ffn_variants(dim: int, hidden: int, degree: int, fused_ok: bool) -> Dict[str, Callable[[], nn.Module]]:
     from timm.layers import Mlp
-    from .layers import KANMlp
+    from .layers import GRKANMlp, KANMlp
 
     variants: Dict[str, Callable[[], nn.Module]] = {
         'mlp': lambda: Mlp(dim, hidden),
@@ -46,6 +46,8 @@ def _ffn_variants(dim: int, hidden: int, degree: int, fused_ok: bool) -> Dict[st
             PublishedChebyshevKAN(dim, hidden, degree), nn.LayerNorm(hidden), PublishedChebyshevKAN(hidden, dim, degree)),
         'chebyshev reference': lambda: KANMlp(dim, hidden, kan_type='chebyshev', degree=degree, kan_fused=False),
         'bspline reference': lambda: KANMlp(dim, hidden, kan_type='bspline', kan_fused=False),
+        'rbf reference': lambda: KANMlp(dim, hidden, kan_type='rbf'),
+        'group-rational reference': lambda: GRKANMlp(dim, hidden),
     }
     if fused_ok:
         variants['chebyshev fused'] = lambda: KANMlp(dim, hidden, kan_type='chebyshev', degree=degree, kan_fused=True)
@@ -113,7 +115,6 @@ def bench_ffn(
             torch.cuda.synchronize(dev)
             mem = (torch.cuda.max_memory_allocated(dev) - base) / 2 ** 20
         rows.append(dict(variant=name, forward_ms=t_fwd, fwd_bwd_ms=t_fb, peak_extra_mib=mem))
-        del module, x
     mlp = rows[0]
     for r in rows:
         r['fwd_bwd_vs_mlp'] = r['fwd_bwd_ms'] / mlp['fwd_bwd_ms']
@@ -151,8 +152,7 @@ def bench_training(
 
         ms = _time(step, dev, warmup, steps)
         rows.append(dict(model=name, batch_size=batch_size, step_ms=ms, images_per_second=batch_size / ms * 1e3))
-        del model, opt
-    base = next((r for r in rows if not r['model'].startswith(('kan_', 'chebykan_'))), None)
+    base = next((r for r in rows if not r['model'].startswith(('kan_', 'chebykan_', 'rbfkan_', 'grkan_'))), None)
     for r in rows:
         r['vs_first_mlp_model'] = r['images_per_second'] / base['images_per_second'] if base else None
     return rows

@@ -163,6 +163,10 @@ def _design(name: str) -> str:
     base = name.split(':')[-1]
     if base.startswith('chebykan_'):
         return 'Chebyshev KAN'
+    if base.startswith('grkan_'):
+        return 'group-rational KAN'
+    if base.startswith('rbfkan_'):
+        return 'RBF KAN'
     if base.startswith('kan_'):
         return 'B-spline KAN'
     return 'MLP'

@@ -21,7 +21,8 @@ __all__ = ['export_for_hub', 'push_to_hub', 'model_card', 'load_training_checkpo
            'validate_repo_id', 'model_from_checkpoint']
 
 _REPO_ID = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$')
-_KAN_TYPE_NAMES = {'chebyshev': 'Chebyshev KAN', 'bspline': 'B-spline KAN'}
+_KAN_TYPE_NAMES = {'chebyshev': 'Chebyshev KAN', 'bspline': 'B-spline KAN', 'rbf': 'RBF KAN',
+                   'rational': 'group-rational KAN'}
 
 
 def validate_repo_id(repo_id: str) -> str:
@@ -204,7 +205,7 @@ def model_from_checkpoint(
     from .models import architecture_kwargs
 
     state_dict, meta = load_training_checkpoint(checkpoint, use_ema=use_ema)
-    kwargs = architecture_kwargs(dict(meta['model_args'], **(model_kwargs or {})))
+    kwargs = architecture_kwargs(model_name, dict(meta['model_args'], **(model_kwargs or {})))
     if num_classes is not None:
         kwargs['num_classes'] = num_classes
     elif 'head.weight' in state_dict:

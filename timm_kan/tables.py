@@ -9,10 +9,11 @@ import timm
 from .accounting import count_flops, count_parameters
 from .models.kan_vit import _ARCHS, KAN_FAMILIES
 
-__all__ = ['registry_table', 'replace_block', 'update_readme']
+__all__ = ['registry_table', 'mission_table', 'replace_block', 'update_readme']
 
 _DESIGNS = {'vit': 'MLP (timm ViT)', 'chebykan_vit': 'Chebyshev KAN, degree 3',
-            'kan_vit': 'B-spline KAN, grid 5, order 3'}
+            'kan_vit': 'B-spline KAN, grid 5, order 3', 'rbfkan_vit': 'RBF KAN, 8 Gaussians',
+            'grkan_vit': 'group-rational KAN, 8 groups'}
 
 
 def registry_table() -> str:
@@ -37,6 +38,27 @@ def registry_table() -> str:
     return '\n'.join(lines)
 
 
+def mission_table(arch: str = 'base_patch16_224', bench_results: Optional[Union[str, Path]] = None) -> str:
+    """Each KAN family next to the MLP at one ViT size: parameters and FLOPs relative to the MLP, and its
+    FFN speed relative to the MLP from a ``timm-kan bench --json`` file measured on a GPU (else not measured)."""
+    speed = {}
+    if bench_results:
+        rows = json.loads(Path(bench_results).read_text())['ffn']
+        speed = {r['variant']: r['fwd_bwd_vs_mlp'] for r in rows}
+    variant = {'chebykan_vit': 'chebyshev fused', 'kan_vit': 'bspline reference', 'rbfkan_vit': 'rbf reference',
+               'grkan_vit': 'group-rational reference'}
+    vit = timm.create_model(f'vit_{arch}', num_classes=1000, device='meta')
+    vit_params, vit_flops = count_parameters(vit)['total'], count_flops(vit)
+    lines = ['| family | FFN | params vs MLP | GFLOPs vs MLP | FFN fwd+bwd time vs MLP (GPU) |', '|---|---|---|---|---|']
+    for family in KAN_FAMILIES:
+        model = timm.create_model(f'{family}_{arch}', num_classes=1000, device='meta')
+        ratio = speed.get(variant[family])
+        lines.append(f'| `{family}_*` | {_DESIGNS[family]} | {count_parameters(model)["total"] / vit_params:.2f}x | '
+                     f'{count_flops(model) / vit_flops:.2f}x | '
+                     f'{f"{ratio:.2f}x" if ratio else "not measured yet"} |')
+    return '\n'.join(lines)
+
+
 def replace_block(text: str, name: str, content: str) -> str:
     """Replace what stands between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->``."""
     pattern = re.compile(rf'(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)', re.S)
@@ -51,6 +73,7 @@ def update_readme(readme: Union[str, Path], compare_results: Optional[Union[str,
 
     readme = Path(readme)
     text = replace_block(readme.read_text(), 'models-table', registry_table())
+    text = replace_block(text, 'mission-table', mission_table())
     if compare_results:
         results = json.loads(Path(compare_results).read_text())['results']
         text = replace_block(text, 'compare-table', format_table(results))

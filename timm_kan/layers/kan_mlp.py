@@ -6,10 +6,11 @@ from torch import nn
 
 from .bspline import BSplineKANLinear
 from .chebyshev import ChebyshevKANLinear
+from .rbf import RBFKANLinear
 
 __all__ = ['KANMlp', 'KAN_TYPES', 'KAN_BASES', 'default_kan_base']
 
-KAN_TYPES = ('chebyshev', 'bspline')
+KAN_TYPES = ('chebyshev', 'bspline', 'rbf')
 # 'none': no base branch (published Chebyshev KAN); 'silu': SiLU base (efficient-KAN's B-spline);
 # 'mlp': identity base in layer 1 and the MLP activation in layer 2, with biases, so that copying
 # fc1/fc2 into the base weights and zeroing the KAN coefficients reproduces the MLP exactly.
@@ -18,6 +19,10 @@ KAN_BASES = ('none', 'silu', 'mlp')
 
 def default_kan_base(kan_type: str) -> str:
     return 'none' if kan_type == 'chebyshev' else 'silu'
+
+
+# the grid each basis is defined on unless grid_range is given
+_DEFAULT_GRID_RANGE = {'bspline': (-1.0, 1.0), 'rbf': (-2.0, 2.0)}
 
 
 class KANMlp(nn.Module):
@@ -31,14 +36,15 @@ class KANMlp(nn.Module):
         norm_layer: Set by timm when ``scale_mlp_norm`` is on; used as the between-layer norm.
         bias: timm's projection-bias flag; the KAN layers carry a bias only with ``kan_base='mlp'``.
         drop: Dropout after each KAN layer.
-        kan_type: ``'chebyshev'`` or ``'bspline'``.
+        kan_type: ``'chebyshev'``, ``'bspline'`` or ``'rbf'``.
         kan_base: Base branch, one of ``KAN_BASES`` (default: the published form of ``kan_type``).
         kan_mid_norm: LayerNorm between the two KAN layers (bounds the second layer's inputs).
         kan_hidden: Overrides ``hidden_features``.
         kan_fused: Triton kernel (True), PyTorch reference (False), or the kernel on CUDA (None);
             Chebyshev only so far.
         degree: Chebyshev degree.
-        grid_size, spline_order, grid_range: B-spline grid.
+        grid_size, spline_order, grid_range: B-spline grid (grid_size and grid_range also RBF's).
+        rbf_basis: RBF basis, 'gaussian' or 'rswaf'.
     """
 
     def __init__(
@@ -58,9 +64,10 @@ class KANMlp(nn.Module):
             kan_hidden: Optional[int] = None,
             kan_fused: Optional[bool] = None,
             degree: int = 3,
-            grid_size: int = 5,
+            grid_size: Optional[int] = None,
             spline_order: int = 3,
-            grid_range: Tuple[float, float] = (-1.0, 1.0),
+            grid_range: Optional[Tuple[float, float]] = None,
+            rbf_basis: str = 'gaussian',
             **kwargs,  # arguments a newer timm Block may pass; the KAN block has no use for them
     ) -> None:
         super().__init__()
@@ -76,6 +83,8 @@ class KANMlp(nn.Module):
         hidden_features = kan_hidden or hidden_features or in_features
         self.kan_type = kan_type
         self.kan_base = kan_base
+        grid_range = grid_range or _DEFAULT_GRID_RANGE.get(kan_type)
+        grid_size = grid_size or (8 if kan_type == 'rbf' else 5)
 
         with_bias = bias and kan_base == 'mlp'
         base1, base2 = {'none': (None, None), 'silu': (nn.SiLU, nn.SiLU), 'mlp': (nn.Identity, act_layer)}[kan_base]
@@ -84,6 +93,9 @@ class KANMlp(nn.Module):
             if kan_type == 'chebyshev':
                 return ChebyshevKANLinear(
                     i, o, degree=degree, base_activation=base_activation, bias=with_bias, fused=kan_fused, **dd)
+            if kan_type == 'rbf':
+                return RBFKANLinear(i, o, grid_size=grid_size, basis=rbf_basis, grid_range=grid_range,
+                                    base_activation=base_activation, bias=with_bias, **dd)
             return BSplineKANLinear(
                 i, o, grid_size=grid_size, spline_order=spline_order, grid_range=grid_range,
                 base_activation=base_activation, bias=with_bias, **dd)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from timm.models.vision_transformer import VisionTransformer, _load_weights, checkpoint_filter_fn
 
-from ..layers import KANMlp
+from ..layers import GRKANMlp, KANMlp
 
 __all__ = [
     'CheckpointError', 'FREEZE_POLICIES', 'KAN_INITS', 'freeze', 'kan_checkpoint_filter_fn',
@@ -33,8 +33,10 @@ KAN_INITS = ('mlp', 'random')
 FREEZE_POLICIES = ('none', 'head', 'backbone')
 _HEAD_PREFIXES = ('head.', 'pre_logits.')
 _MLP_KEY = re.compile(r'^(blocks\.\d+\.mlp)\.fc([12])\.(weight|bias)$')
-# KAN coefficient tensors that kan_init='mlp' sets to zero
-_KAN_COEFFS = ('coeffs', 'spline_weight')
+# KAN coefficient tensors that kan_init='mlp' sets to zero (Chebyshev, B-spline, RBF)
+_KAN_COEFFS = ('.coeffs', '.spline_weight', '.spline.weight')
+# KAT's released checkpoints: one numerator shared by all groups, a denominator per group
+_KAT_RATIONAL = re.compile(r'^(blocks\.\d+\.mlp\.act[12])\.weight_(numerator|denominator)$')
 
 
 class CheckpointError(RuntimeError):
@@ -52,7 +54,7 @@ def _model_name(model: nn.Module) -> str:
 
 def kan_ffn_prefixes(model: nn.Module) -> List[str]:
     """State-dict prefixes ('blocks.3.mlp.') of the KAN feed-forward blocks."""
-    return [f'{name}.' for name, m in model.named_modules() if isinstance(m, KANMlp)]
+    return [f'{name}.' for name, m in model.named_modules() if isinstance(m, (KANMlp, GRKANMlp))]
 
 
 def loaded_keys(model: nn.Module) -> Set[str]:
@@ -92,7 +94,8 @@ def kan_checkpoint_filter_fn(
         raise CheckpointError(
             f'{source} is not a ViT or KAN-ViT checkpoint: expected keys like blocks.0.attn.qkv.weight and '
             f'blocks.0.mlp.fc1.weight, found {sample}')
-    is_kan = any('.mlp.kan1.' in k for k in state_dict)
+    state_dict = _from_kat_layout(state_dict, model)
+    is_kan = any('.mlp.kan1.' in k or '.mlp.act1.' in k for k in state_dict)
     layout = 'kan' if is_kan else 'vit'
     # timm's filter drops the representation layer silently; keep it to report what is discarded
     pre_logits = {k: v for k, v in state_dict.items() if k.startswith('pre_logits.')}
@@ -117,11 +120,12 @@ def kan_checkpoint_filter_fn(
     unused_mlp: List[str] = []
     for k, v in sd.items():
         m = _MLP_KEY.match(k)
-        if not is_kan and m is not None:
+        if not is_kan and m is not None and (k not in expected or model.kan_init != 'mlp'):
             if model.kan_init != 'mlp':
                 unused_mlp.append(k)
                 continue
             prefix, layer, kind = m.groups()
+            # KAN-layer blocks carry fc1/fc2 in their base branches; group-rational ones keep the names
             k = f'{prefix}.kan{layer}.' + ('base.weight' if kind == 'weight' else 'bias')
         out[k] = v
         loaded.add(k)
@@ -156,7 +160,7 @@ def kan_checkpoint_filter_fn(
         if k in out:
             continue
         if k.startswith(fresh_prefixes) or k.startswith(_HEAD_PREFIXES):
-            zero = model.kan_init == 'mlp' and k.rsplit('.', 1)[-1] in _KAN_COEFFS
+            zero = model.kan_init == 'mlp' and k.endswith(_KAN_COEFFS)
             out[k] = torch.zeros_like(v) if zero else v.detach().clone()
         else:
             missing.append(k)
@@ -171,6 +175,24 @@ def kan_checkpoint_filter_fn(
 
     model._loaded_keys = frozenset(loaded)
     model.checkpoint_layout = layout
+    return out
+
+
+def _from_kat_layout(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """KAT's ``actN.weight_numerator`` (1, 6) / ``actN.weight_denominator`` (groups, 4) to this package's
+    per-group ``actN.numerator`` (groups, 6) / ``actN.denominator``; same rational form (KAT's GPU kernel)."""
+    if not any(_KAT_RATIONAL.match(k) for k in state_dict):
+        return state_dict
+    out = {}
+    for k, v in state_dict.items():
+        m = _KAT_RATIONAL.match(k)
+        if m is None:
+            out[k] = v
+        elif m.group(2) == 'numerator':
+            groups = state_dict[f'{m.group(1)}.weight_denominator'].shape[0]
+            out[f'{m.group(1)}.numerator'] = v.reshape(-1, v.shape[-1]).expand(groups, -1).clone()
+        else:
+            out[f'{m.group(1)}.denominator'] = v
     return out
 
 

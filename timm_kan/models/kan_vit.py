@@ -4,14 +4,16 @@ Papers:
     - ViT: Dosovitskiy et al., "An Image is Worth 16x16 Words", arXiv:2010.11929
     - KAN: Liu et al., "KAN: Kolmogorov-Arnold Networks", arXiv:2404.19756 (B-spline, ``kan_vit_*``)
     - Chebyshev KAN: SS. Sidharth, arXiv:2405.07200 (``chebykan_vit_*``)
+    - FastKAN: Z. Li, arXiv:2405.06721, as Vision-KAN uses it (RBF bases, ``rbfkan_vit_*``)
+    - KAT: Yang & Wang, "Kolmogorov-Arnold Transformer", arXiv:2409.10594 (group-rational, ``grkan_vit_*``)
 
 Every timm ViT feature (``num_classes``, ``global_pool``, ``drop_path_rate``, ``img_size``,
 ``features_only``, ``forward_intermediates``, grad checkpointing) is inherited from
 ``timm.models.vision_transformer.VisionTransformer``. KAN options are ``create_model`` kwargs:
 
-    degree (Chebyshev), grid_size / spline_order / grid_range (B-spline), kan_base, kan_mid_norm,
-    kan_hidden (or timm's mlp_ratio), kan_init ('mlp' | 'random'), freeze ('none' | 'head' | 'backbone'),
-    pretrained_strict.
+    degree, kan_fused (Chebyshev), grid_size / spline_order / grid_range (B-spline), grid_size / rbf_basis /
+    grid_range (RBF), groups / kan_act_init (group-rational), kan_base, kan_mid_norm, kan_hidden (or timm's
+    mlp_ratio), kan_init ('mlp' | 'random'), freeze ('none' | 'head' | 'backbone'), pretrained_strict.
 """
 import difflib
 import inspect
@@ -24,20 +26,22 @@ from timm.layers import get_act_layer
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer, _cfg
 
-from ..layers import KAN_BASES, KANMlp, default_kan_base
+from ..layers import KAN_BASES, GRKANMlp, KANMlp, default_kan_base
 from ..layers.base import check_positive
 from ._pretrained import (
     FREEZE_POLICIES, KAN_INITS, CheckpointError, freeze, kan_checkpoint_filter_fn, load_npz_into_kan_vit)
 
 __all__ = ['KANVisionTransformer', 'KAN_FAMILIES', 'architecture_kwargs']
 
-# family prefix -> KAN layer type and the options that belong to it
+# family prefix -> KAN layer type and the create_model options that belong to it
+_KAN_BLOCK_OPTIONS = ('kan_base', 'kan_mid_norm', 'kan_hidden')
 KAN_FAMILIES = {
-    'kan_vit': dict(kan_type='bspline', options=('grid_size', 'spline_order', 'grid_range')),
-    'chebykan_vit': dict(kan_type='chebyshev', options=('degree',)),
+    'kan_vit': dict(kan_type='bspline', options=('grid_size', 'spline_order', 'grid_range') + _KAN_BLOCK_OPTIONS),
+    'chebykan_vit': dict(kan_type='chebyshev', options=('degree', 'kan_fused') + _KAN_BLOCK_OPTIONS),
+    'rbfkan_vit': dict(kan_type='rbf', options=('grid_size', 'rbf_basis', 'grid_range') + _KAN_BLOCK_OPTIONS),
+    'grkan_vit': dict(kan_type='rational', options=('groups', 'kan_act_init', 'kan_hidden')),
 }
-_COMMON_OPTIONS = ('kan_base', 'kan_mid_norm', 'kan_hidden', 'kan_fused')
-_ALL_KAN_OPTIONS = sorted({o for f in KAN_FAMILIES.values() for o in f['options']} | set(_COMMON_OPTIONS))
+_ALL_KAN_OPTIONS = sorted({o for f in KAN_FAMILIES.values() for o in f['options']})
 
 # architecture name -> (ViT arguments, short alias, in21k weights in timm's hub org, classes of that head)
 _ARCHS = {
@@ -81,7 +85,12 @@ class KANVisionTransformer(VisionTransformer):
         self.kan_init = kan_init
         self.strict_load = strict_load
         self.vit_args = dict(kwargs)
-        super().__init__(mlp_layer=partial(KANMlp, **kan_args), **kwargs)
+        block_args = dict(kan_args)
+        if block_args.pop('kan_type') == 'rational':
+            mlp_layer = partial(GRKANMlp, **block_args)
+        else:
+            mlp_layer = partial(KANMlp, kan_type=kan_args['kan_type'], **block_args)
+        super().__init__(mlp_layer=mlp_layer, **kwargs)
 
     @property
     def _model_args(self) -> Dict[str, Any]:
@@ -98,14 +107,19 @@ class KANVisionTransformer(VisionTransformer):
         load_npz_into_kan_vit(self, checkpoint_path, prefix)
 
 
-def architecture_kwargs(kwargs: Dict[str, Any]) -> Dict[str, Any]:
+def architecture_kwargs(model_name: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
     """``create_model`` kwargs without the load-time options, keeping the architecture they imply.
 
     Rebuilding a trained model (e.g. from timm ``train.py``'s recorded ``model_kwargs``) needs the same
-    layers but no pretrained load: ``kan_init='mlp'`` implies ``kan_base='mlp'`` and ``kan_mid_norm=False``.
+    layers but no pretrained load: for the KAN-layer families ``kan_init='mlp'`` implies
+    ``kan_base='mlp'`` and ``kan_mid_norm=False``. Names that are not KAN-ViTs only lose the load options.
     """
     out = {k: v for k, v in kwargs.items() if k not in _ADAPTER_KWARGS}
-    if kwargs.get('kan_init') == 'mlp':
+    try:
+        family, _ = _resolve_variant(model_name.split('.')[0])
+    except ValueError:
+        return out
+    if kwargs.get('kan_init') == 'mlp' and KAN_FAMILIES[family]['kan_type'] != 'rational':
         out.setdefault('kan_base', 'mlp')
         out.setdefault('kan_mid_norm', False)
     return out
@@ -113,15 +127,15 @@ def architecture_kwargs(kwargs: Dict[str, Any]) -> Dict[str, Any]:
 
 def _check_kwargs(variant: str, family: str, kwargs: Dict[str, Any]) -> None:
     allowed_vit = set(inspect.signature(VisionTransformer.__init__).parameters) - {'self'} - _RESERVED_VIT_KWARGS
-    own = set(KAN_FAMILIES[family]['options']) | set(_COMMON_OPTIONS) | _ADAPTER_KWARGS
+    own = set(KAN_FAMILIES[family]['options']) | _ADAPTER_KWARGS
     for key in kwargs:
         if key in own or key in allowed_vit or key in _BUILDER_KWARGS:
             continue
         if key in _ALL_KAN_OPTIONS:
-            other = next(f for f, spec in KAN_FAMILIES.items() if key in spec['options'])
+            others = [f'{f}_*' for f, spec in KAN_FAMILIES.items() if key in spec['options']]
             raise ValueError(
-                f'{variant}: option {key!r} belongs to the {other}_* family ({KAN_FAMILIES[other]["kan_type"]} '
-                f'KAN); {family}_* takes {", ".join(KAN_FAMILIES[family]["options"])}')
+                f'{variant}: option {key!r} belongs to the {" / ".join(others)} famil'
+                f'{"ies" if len(others) > 1 else "y"}; {family}_* takes {", ".join(KAN_FAMILIES[family]["options"])}')
         if key in _RESERVED_VIT_KWARGS:
             raise ValueError(f'{variant}: {key!r} is set by timm_kan and cannot be overridden')
         close = difflib.get_close_matches(key, sorted(own | allowed_vit), n=3)
@@ -151,24 +165,28 @@ def _create_kan_vit(variant: str, pretrained: bool = False, **kwargs) -> KANVisi
 
     kan_type = KAN_FAMILIES[family]['kan_type']
     kan_args = dict(kan_type=kan_type)
-    for key in KAN_FAMILIES[family]['options'] + _COMMON_OPTIONS:
+    for key in KAN_FAMILIES[family]['options']:
         if key in kwargs:
             kan_args[key] = kwargs.pop(key)
-    for key in ('degree', 'grid_size', 'spline_order', 'kan_hidden'):
+    for key in ('degree', 'grid_size', 'spline_order', 'kan_hidden', 'groups'):
         if key in kan_args:
             check_positive(key, kan_args[key])
     if 'grid_range' in kan_args:
         kan_args['grid_range'] = tuple(kan_args['grid_range'])
-    if kan_init == 'mlp':
+    # group-rational blocks keep fc1/fc2, so they need no special structure to start from the MLP
+    if kan_init == 'mlp' and kan_type != 'rational':
         for key, needed in (('kan_base', 'mlp'), ('kan_mid_norm', False)):
             if kan_args.get(key, needed) != needed:
                 raise ValueError(
                     f"kan_init='mlp' reproduces the pretrained MLP exactly only with {key}={needed!r}, "
                     f'got {key}={kan_args[key]!r}; pass kan_init=\'random\' to use {key}={kan_args[key]!r}')
             kan_args[key] = needed
-    kan_args.setdefault('kan_base', default_kan_base(kan_type))
-    kan_args.setdefault('kan_mid_norm', True)
-    if kan_args['kan_base'] not in KAN_BASES:
+    if kan_type == 'rational':
+        kan_args.setdefault('groups', 8)
+    else:
+        kan_args.setdefault('kan_base', default_kan_base(kan_type))
+        kan_args.setdefault('kan_mid_norm', True)
+    if kan_args.get('kan_base', 'none') not in KAN_BASES:
         raise ValueError(f'kan_base must be one of {KAN_BASES}, got {kan_args["kan_base"]!r}')
     if 'act_layer' in kwargs:
         kwargs['act_layer'] = get_act_layer(kwargs['act_layer'])
@@ -236,6 +254,8 @@ default_cfgs = generate_default_cfgs({
     for arch, (_, alias, hub_id, classes) in _ARCHS.items()
     for name in (arch, alias)
 })
+
+
 
 
 @register_model
@@ -309,6 +329,76 @@ def chebykan_vit_huge_patch14_224(pretrained: bool = False, **kwargs) -> KANVisi
 
 
 @register_model
+def rbfkan_vit_tiny_patch16_224(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
+    return _create_kan_vit('rbfkan_vit_tiny_patch16_224', pretrained, **kwargs)
+
+
+@register_model
+def rbfkan_vit_small_patch16_224(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
+    return _create_kan_vit('rbfkan_vit_small_patch16_224', pretrained, **kwargs)
+
+
+@register_model
+def rbfkan_vit_base_patch16_224(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
+    return _create_kan_vit('rbfkan_vit_base_patch16_224', pretrained, **kwargs)
+
+
+@register_model
+def rbfkan_vit_base_patch32_224(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
+    return _create_kan_vit('rbfkan_vit_base_patch32_224', pretrained, **kwargs)
+
+
+@register_model
+def rbfkan_vit_large_patch16_224(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
+    return _create_kan_vit('rbfkan_vit_large_patch16_224', pretrained, **kwargs)
+
+
+@register_model
+def rbfkan_vit_large_patch32_224(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
+    return _create_kan_vit('rbfkan_vit_large_patch32_224', pretrained, **kwargs)
+
+
+@register_model
+def rbfkan_vit_huge_patch14_224(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
+    return _create_kan_vit('rbfkan_vit_huge_patch14_224', pretrained, **kwargs)
+
+
+@register_model
+def grkan_vit_tiny_patch16_224(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
+    return _create_kan_vit('grkan_vit_tiny_patch16_224', pretrained, **kwargs)
+
+
+@register_model
+def grkan_vit_small_patch16_224(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
+    return _create_kan_vit('grkan_vit_small_patch16_224', pretrained, **kwargs)
+
+
+@register_model
+def grkan_vit_base_patch16_224(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
+    return _create_kan_vit('grkan_vit_base_patch16_224', pretrained, **kwargs)
+
+
+@register_model
+def grkan_vit_base_patch32_224(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
+    return _create_kan_vit('grkan_vit_base_patch32_224', pretrained, **kwargs)
+
+
+@register_model
+def grkan_vit_large_patch16_224(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
+    return _create_kan_vit('grkan_vit_large_patch16_224', pretrained, **kwargs)
+
+
+@register_model
+def grkan_vit_large_patch32_224(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
+    return _create_kan_vit('grkan_vit_large_patch32_224', pretrained, **kwargs)
+
+
+@register_model
+def grkan_vit_huge_patch14_224(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
+    return _create_kan_vit('grkan_vit_huge_patch14_224', pretrained, **kwargs)
+
+
+@register_model
 def kan_vit_t16(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
     return _create_kan_vit('kan_vit_t16', pretrained, **kwargs)
 
@@ -376,3 +466,73 @@ def chebykan_vit_l32(pretrained: bool = False, **kwargs) -> KANVisionTransformer
 @register_model
 def chebykan_vit_h14(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
     return _create_kan_vit('chebykan_vit_h14', pretrained, **kwargs)
+
+
+@register_model
+def rbfkan_vit_t16(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
+    return _create_kan_vit('rbfkan_vit_t16', pretrained, **kwargs)
+
+
+@register_model
+def rbfkan_vit_s16(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
+    return _create_kan_vit('rbfkan_vit_s16', pretrained, **kwargs)
+
+
+@register_model
+def rbfkan_vit_b16(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
+    return _create_kan_vit('rbfkan_vit_b16', pretrained, **kwargs)
+
+
+@register_model
+def rbfkan_vit_b32(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
+    return _create_kan_vit('rbfkan_vit_b32', pretrained, **kwargs)
+
+
+@register_model
+def rbfkan_vit_l16(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
+    return _create_kan_vit('rbfkan_vit_l16', pretrained, **kwargs)
+
+
+@register_model
+def rbfkan_vit_l32(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
+    return _create_kan_vit('rbfkan_vit_l32', pretrained, **kwargs)
+
+
+@register_model
+def rbfkan_vit_h14(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
+    return _create_kan_vit('rbfkan_vit_h14', pretrained, **kwargs)
+
+
+@register_model
+def grkan_vit_t16(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
+    return _create_kan_vit('grkan_vit_t16', pretrained, **kwargs)
+
+
+@register_model
+def grkan_vit_s16(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
+    return _create_kan_vit('grkan_vit_s16', pretrained, **kwargs)
+
+
+@register_model
+def grkan_vit_b16(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
+    return _create_kan_vit('grkan_vit_b16', pretrained, **kwargs)
+
+
+@register_model
+def grkan_vit_b32(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
+    return _create_kan_vit('grkan_vit_b32', pretrained, **kwargs)
+
+
+@register_model
+def grkan_vit_l16(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
+    return _create_kan_vit('grkan_vit_l16', pretrained, **kwargs)
+
+
+@register_model
+def grkan_vit_l32(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
+    return _create_kan_vit('grkan_vit_l32', pretrained, **kwargs)
+
+
+@register_model
+def grkan_vit_h14(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
+    return _create_kan_vit('grkan_vit_h14', pretrained, **kwargs)

@@ -1,0 +1,142 @@
+"""Group-rational KAN (GR-KAN) feed-forward block.
+
+KAT (Yang & Wang, "Kolmogorov-Arnold Transformer", arXiv:2409.10594) replaces the MLP by
+``fc2(phi2(fc1(phi1(x))))``: phi is a rational function P(x) / Q(x) of order (5, 4) whose coefficients
+are shared within each of ``groups`` contiguous channel groups. KAT's sources disagree on Q; this
+package uses the form of KAT's GPU kernel, so that its checkpoints mean the same thing here:
+
+    P(x) = a_0 + a_1 x + ... + a_5 x^5,    Q(x) = 1 + |b_1| |x| + |b_2| |x|^2 + |b_3| |x|^3 + |b_4| |x|^4 >= 1.
+
+(The paper writes 1 + |sum b_i x^i|; KAT's CPU fallback 1 + sum |b_i| x^i can reach zero.) fc1/fc2 keep
+their names, so ViT weights load into them as they are.
+"""
+from typing import Optional, Type
+
+import torch
+from torch import nn
+
+__all__ = ['GroupRational', 'GRKANMlp', 'RATIONAL_INITS']
+
+# (numerator a_0..a_5, denominator |b_1|..|b_4|). 'identity' is exact; 'gelu' and 'silu' were fitted in the
+# form above by L-BFGS on a dense grid (gelu: [-8, 8] with [-3, 3] weighted 4x; silu: [-3, 3]).
+RATIONAL_INITS = {
+    'identity': ((0.0, 1.0, 0.0, 0.0, 0.0, 0.0), (0.0, 0.0, 0.0, 0.0)),
+    'gelu': ((-0.0034106894, 0.49999692, 0.41912508, 0.12557936, 0.016024571, 0.00073858437),
+             (1.5561313e-11, 0.25115516, 4.1102803e-06, 0.0014766452)),
+    'silu': ((4.4e-07, 0.5000011, 0.24999728, 0.05325168, 0.00579629, 0.00027431),
+             (5.5e-06, 0.10649875, 1.6e-06, 0.00054841)),
+}
+
+
+def _horner(coeffs: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """sum_i coeffs[..., i] * x^i, coefficients broadcast against x."""
+    out = coeffs[..., -1]
+    for i in range(coeffs.shape[-1] - 2, -1, -1):
+        out = out * x + coeffs[..., i]
+    return out
+
+
+class GroupRational(nn.Module):
+    """Rational activation P(x) / Q(x) with one coefficient set per channel group (last dimension).
+
+    Evaluated in fp32 (fp64 for fp64 inputs) whatever the input dtype, cast back: for |x| > 1 numerator and
+    denominator are divided by x^4 first, so no power overflows and the function stays finite.
+
+    Args:
+        num_channels: Size of the last dimension.
+        groups: Number of contiguous channel groups (must divide ``num_channels``).
+        init: 'identity', 'gelu' or 'silu'.
+    """
+
+    def __init__(self, num_channels: int, groups: int = 8, init: str = 'identity', device=None, dtype=None) -> None:
+        super().__init__()
+        if groups < 1 or num_channels % groups:
+            raise ValueError(f'groups must divide num_channels={num_channels}, got groups={groups}')
+        if init not in RATIONAL_INITS:
+            raise ValueError(f'init must be one of {tuple(RATIONAL_INITS)}, got {init!r}')
+        self.num_channels = num_channels
+        self.groups = groups
+        self.init = init
+        self.numerator = nn.Parameter(torch.empty(groups, 6, device=device, dtype=dtype))
+        self.denominator = nn.Parameter(torch.empty(groups, 4, device=device, dtype=dtype))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        num, den = RATIONAL_INITS[self.init]
+        with torch.no_grad():
+            self.numerator.copy_(torch.tensor(num).expand(self.groups, -1))
+            self.denominator.copy_(torch.tensor(den).expand(self.groups, -1))
+
+    def init_weights(self) -> None:
+        """Hook called by timm's ViT weight init."""
+        self.reset_parameters()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        if shape[-1] != self.num_channels:
+            raise ValueError(f'GroupRational expects {self.num_channels} channels, got {shape[-1]}')
+        xg = x.to(dtype).reshape(*shape[:-1], self.groups, shape[-1] // self.groups)
+        a = self.numerator.to(dtype)[:, None, :]  # (groups, 1, 6): broadcast over the channels of a group
+        b = self.denominator.to(dtype).abs()[:, None, :]
+        small = xg.abs() <= 1
+        # direct form on |x| <= 1; x^-4-scaled form elsewhere (each branch sees only safe inputs)
+        xs = torch.where(small, xg, torch.zeros_like(xg))
+        direct = _horner(a, xs) / (1 + xs.abs() * _horner(b, xs.abs()))
+        u = 1 / torch.where(small, torch.ones_like(xg), xg)
+        num_scaled = _horner(a.flip(-1), u) * torch.where(small, torch.ones_like(xg), xg)  # a5 x + a4 + a3 u + ...
+        den_scaled = _horner(torch.cat([b.flip(-1), torch.ones_like(b[..., :1])], -1), u.abs())
+        y = torch.where(small, direct, num_scaled / den_scaled)
+        return y.reshape(shape).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f'num_channels={self.num_channels}, groups={self.groups}, order=(5, 4), init={self.init}'
+
+
+class GRKANMlp(nn.Module):
+    """``fc2(act2(fc1(act1(x))))`` with group-rational activations; timm ``Block`` signature.
+
+    Args:
+        in_features, hidden_features, out_features, bias, drop: as timm's ``Mlp``.
+        act_layer: timm's MLP activation; selects act2's initial fit when it is GELU or SiLU.
+        norm_layer: Set by timm with ``scale_mlp_norm``; applied after act2.
+        groups: Rational coefficient groups per activation.
+        kan_act_init: Initial function of act2, 'gelu' or 'silu' (default: from ``act_layer``).
+    """
+
+    def __init__(
+            self,
+            in_features: int,
+            hidden_features: Optional[int] = None,
+            out_features: Optional[int] = None,
+            act_layer: Type[nn.Module] = nn.GELU,
+            norm_layer: Optional[Type[nn.Module]] = None,
+            bias: bool = True,
+            drop: float = 0.,
+            device=None,
+            dtype=None,
+            groups: int = 8,
+            kan_act_init: Optional[str] = None,
+            kan_hidden: Optional[int] = None,
+            **kwargs,  # arguments a newer timm Block may pass; this block has no use for them
+    ) -> None:
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        out_features = out_features or in_features
+        hidden_features = kan_hidden or hidden_features or in_features
+        if kan_act_init is None:
+            kan_act_init = 'silu' if act_layer in (nn.SiLU,) else 'gelu'
+        if kan_act_init not in ('gelu', 'silu'):
+            raise ValueError(f"kan_act_init must be 'gelu' or 'silu', got {kan_act_init!r}")
+        self.act1 = GroupRational(in_features, groups, 'identity', **dd)
+        self.drop1 = nn.Dropout(drop)
+        self.fc1 = nn.Linear(in_features, hidden_features, bias=bias, **dd)
+        self.act2 = GroupRational(hidden_features, groups, kan_act_init, **dd)
+        self.norm = norm_layer(hidden_features, **dd) if norm_layer is not None else nn.Identity()
+        self.drop2 = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden_features, out_features, bias=bias, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.fc1(self.drop1(self.act1(x)))
+        x = self.drop2(self.norm(self.act2(x)))
+        return self.fc2(x)

@@ -1,0 +1,99 @@
+"""RBF KAN linear layer (FastKAN / FasterKAN bases, as Vision-KAN uses them).
+
+FastKAN (Li, "Kolmogorov-Arnold Networks are Radial Basis Function Networks", arXiv:2405.06721)
+approximates B-splines by radial bases: LayerNorm on the input, G bases per input on a uniform grid
+g_1..g_G in [-2, 2] with width h = 4 / (G - 1), their concatenation fed to one linear layer, plus an
+optional SiLU base branch:
+
+    gaussian:  phi_j(x) = exp(-((x - g_j) / h)^2)
+    rswaf:     phi_j(x) = 1 - tanh((x - g_j) / h)^2      (FasterKAN's reflectional switch)
+
+Gradients come from autograd.
+"""
+from typing import Optional, Type
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .base import BaseBranch, check_positive
+
+__all__ = ['RBFKANLinear', 'RBF_BASES', 'rbf_basis']
+
+RBF_BASES = ('gaussian', 'rswaf')
+
+
+def rbf_basis(x: torch.Tensor, centers: torch.Tensor, width: float, basis: str) -> torch.Tensor:
+    """(..., in) -> (..., in, G) radial bases."""
+    z = (x.unsqueeze(-1) - centers) / width
+    if basis == 'gaussian':
+        return torch.exp(-z * z)
+    return 1 - torch.tanh(z) ** 2
+
+
+class RBFKANLinear(nn.Module):
+    """KAN layer with radial-basis edge functions.
+
+    Args:
+        in_features: Input width.
+        out_features: Output width.
+        grid_size: Number of bases G per input (>= 2).
+        basis: 'gaussian' or 'rswaf'.
+        grid_range: Interval of the centres.
+        base_activation: Optional base branch activation (SiLU in FastKAN); None removes it.
+        bias: Adds an output bias.
+    """
+
+    def __init__(
+            self,
+            in_features: int,
+            out_features: int,
+            grid_size: int = 8,
+            basis: str = 'gaussian',
+            grid_range: tuple = (-2.0, 2.0),
+            base_activation: Optional[Type[nn.Module]] = nn.SiLU,
+            bias: bool = True,
+            device=None,
+            dtype=None,
+    ) -> None:
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        check_positive('in_features', in_features)
+        check_positive('out_features', out_features)
+        if isinstance(grid_size, bool) or not isinstance(grid_size, int) or grid_size < 2:
+            raise ValueError(f'grid_size must be an integer >= 2 for RBF KAN, got {grid_size!r}')
+        if basis not in RBF_BASES:
+            raise ValueError(f'basis must be one of {RBF_BASES}, got {basis!r}')
+        lo, hi = grid_range
+        if not hi > lo:
+            raise ValueError(f'grid_range must be (low, high) with high > low, got {tuple(grid_range)}')
+        self.in_features = in_features
+        self.out_features = out_features
+        self.grid_size = grid_size
+        self.basis = basis
+        self.width = (hi - lo) / (grid_size - 1)
+        self.norm = nn.LayerNorm(in_features, **dd)
+        self.register_buffer('centers', torch.linspace(lo, hi, grid_size, device=device), persistent=False)
+        self.spline = nn.Linear(in_features * grid_size, out_features, bias=False, **dd)
+        self.base = BaseBranch(in_features, out_features, base_activation, **dd) if base_activation else None
+        self.bias = nn.Parameter(torch.zeros(out_features, **dd)) if bias else None
+
+    def init_weights(self) -> None:
+        """Hook called by timm's ViT weight init."""
+        self.norm.reset_parameters()
+        self.spline.reset_parameters()
+        if self.base is not None:
+            self.base.reset_parameters()
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bases = rbf_basis(self.norm(x), self.centers.to(x.dtype), self.width, self.basis)
+        y = F.linear(bases.flatten(-2), self.spline.weight, self.bias)
+        if self.base is not None:
+            y = y + self.base(x)
+        return y
+
+    def extra_repr(self) -> str:
+        return (f'in_features={self.in_features}, out_features={self.out_features}, grid_size={self.grid_size}, '
+                f'basis={self.basis}, base={self.base is not None}, bias={self.bias is not None}')
