@@ -108,7 +108,7 @@ def _cmd_split(args: argparse.Namespace) -> None:
 def _cmd_models(args: argparse.Namespace) -> None:
     from .tables import registry_table, update_readme
     if args.update_readme:
-        update_readme(args.update_readme, args.compare_results)
+        update_readme(args.update_readme, args.compare_results, args.bench_results)
     else:
         print(registry_table())
 
@@ -204,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser('models', help="markdown table of the registered models (README's table)")
     p.add_argument('--update-readme', default=None, metavar='README', help='rewrite the tables in this file')
     p.add_argument('--compare-results', default=None, help="results.json whose table goes into the README")
+    p.add_argument('--bench-results', default=None, help='timm-kan bench --json output measured on a GPU')
     p.set_defaults(fn=_cmd_models)
 
     p = sub.add_parser('bench', help='time KAN layers against the MLP (see timm-kan bench --help)', add_help=False)

@@ -67,13 +67,18 @@ def replace_block(text: str, name: str, content: str) -> str:
     return pattern.sub(lambda m: m.group(1) + content.rstrip('\n') + '\n' + m.group(2), text)
 
 
-def update_readme(readme: Union[str, Path], compare_results: Optional[Union[str, Path]] = None) -> None:
-    """Regenerate README.md's model table, and its comparison table from a ``results.json``."""
+def update_readme(
+        readme: Union[str, Path],
+        compare_results: Optional[Union[str, Path]] = None,
+        bench_results: Optional[Union[str, Path]] = None,
+) -> None:
+    """Regenerate README.md's model and family tables (GPU speed from a ``timm-kan bench --json`` file),
+    and its comparison table from a ``timm-kan compare`` ``results.json``."""
     from .compare import format_table
 
     readme = Path(readme)
     text = replace_block(readme.read_text(), 'models-table', registry_table())
-    text = replace_block(text, 'mission-table', mission_table())
+    text = replace_block(text, 'mission-table', mission_table(bench_results=bench_results))
     if compare_results:
         results = json.loads(Path(compare_results).read_text())['results']
         text = replace_block(text, 'compare-table', format_table(results))
