@@ -81,6 +81,9 @@ def test_kan_mlp_fused_option_reaches_the_layers():
     torch.testing.assert_close(block(x), ref(x), rtol=TOL, atol=TOL)
     with pytest.raises(ValueError, match='no fused kernel for bspline KAN yet'):
         KANMlp(16, 32, kan_type='bspline', kan_fused=True)
+    from timm_kan.layers import GRKANMlp
+    gr = GRKANMlp(16, 32, kan_fused=True)
+    assert gr.act1.fused is True and gr.act2.fused is True
 
 
 def test_dispatch(monkeypatch):
@@ -121,11 +124,25 @@ for name, (ptrs, ints, consts) in kernels.items():
                               target=GPUTarget('cuda', 90, 32))
     assert 'wgmma.mma_async' in compiled.asm['ptx'], name
     print(name, 'ok')
+
+from timm_kan.kernels import rational_triton as rk
+rational = {
+    '_fwd_kernel': (['X', 'A', 'B', 'Y'], ['*bf16', '*fp32', '*fp32', '*bf16'], ['N', 'C', 'GROUP_SIZE'],
+                    dict(BLOCK=1024)),
+    '_bwd_kernel': (['X', 'DY', 'A', 'B', 'DX', 'PARTIAL'], ['*bf16', '*bf16', '*fp32', '*fp32', '*bf16', '*fp32'],
+                    ['M', 'C', 'GROUP_SIZE', 'GROUPS'], dict(BLOCK_M=64, BLOCK_C=64)),
+}
+for name, (ptrs, ptr_types, ints, consts) in rational.items():
+    signature = dict(sig(ptrs, ptr_types), **sig(ints, i32), **{k: 'constexpr' for k in consts})
+    compiled = triton.compile(ASTSource(fn=getattr(rk, name), signature=signature, constexprs=consts),
+                              target=GPUTarget('cuda', 90, 32))
+    assert compiled.asm['cubin'], name
+    print('rational' + name, 'ok')
 '''
 
 
 def test_kernels_compile_for_hopper_with_tensor_core_instructions():
-    """Without a GPU: Triton compiles each kernel for sm_90 and the PTX uses wgmma (Hopper tensor cores)."""
+    """Without a GPU: Triton compiles each kernel for sm_90; the Chebyshev GEMMs use wgmma (Hopper tensor cores)."""
     import os
     import subprocess
     import sys
@@ -133,4 +150,30 @@ def test_kernels_compile_for_hopper_with_tensor_core_instructions():
     result = subprocess.run([sys.executable, '-c', _COMPILE_SM90], capture_output=True, text=True, env=env,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split() == ['_fwd_kernel', 'ok', '_bwd_dx_kernel', 'ok', '_bwd_dw_kernel', 'ok']
+    assert result.stdout.split() == ['_fwd_kernel', 'ok', '_bwd_dx_kernel', 'ok', '_bwd_dw_kernel', 'ok',
+                                     'rational_fwd_kernel', 'ok', 'rational_bwd_kernel', 'ok']
+
+
+@pytest.mark.parametrize('shape,groups', [((3, 7, 32), 4), ((19, 24), 8)])
+def test_fused_group_rational_matches_reference(shape, groups):
+    from timm_kan.layers import GroupRational
+    torch.manual_seed(0)
+    ref = GroupRational(shape[-1], groups, 'gelu', fused=False).to(DEVICE)
+    with torch.no_grad():
+        ref.numerator.add_(torch.randn_like(ref.numerator) * 0.1)
+        ref.denominator.add_(torch.randn_like(ref.denominator) * 0.1)  # some b < 0: the form takes |b|
+        ref.denominator[0, 0] = 0.0  # b = 0 exactly: the gradient uses the +1 subgradient in both paths
+    fused = GroupRational(shape[-1], groups, 'gelu', fused=True).to(DEVICE)
+    fused.load_state_dict(ref.state_dict())
+    x = torch.randn(*shape, device=DEVICE) * 3
+    x.view(-1)[:4] = torch.tensor([1e4, -1e4, 1.0, -1.0])
+    xr, xf = x.clone().requires_grad_(), x.clone().requires_grad_()
+    yr, yf = ref(xr), fused(xf)
+    torch.testing.assert_close(yf, yr, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(yr)
+    yr.backward(g)
+    yf.backward(g)
+    torch.testing.assert_close(xf.grad, xr.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fused.numerator.grad, ref.numerator.grad, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(fused.denominator.grad, ref.denominator.grad, rtol=1e-4, atol=1e-3)
+    assert ref.denominator.grad[0, 0] != 0

@@ -47,10 +47,11 @@ def _ffn_variants(dim: int, hidden: int, degree: int, fused_ok: bool) -> Dict[st
         'chebyshev reference': lambda: KANMlp(dim, hidden, kan_type='chebyshev', degree=degree, kan_fused=False),
         'bspline reference': lambda: KANMlp(dim, hidden, kan_type='bspline', kan_fused=False),
         'rbf reference': lambda: KANMlp(dim, hidden, kan_type='rbf'),
-        'group-rational reference': lambda: GRKANMlp(dim, hidden),
+        'group-rational reference': lambda: GRKANMlp(dim, hidden, kan_fused=False),
     }
     if fused_ok:
         variants['chebyshev fused'] = lambda: KANMlp(dim, hidden, kan_type='chebyshev', degree=degree, kan_fused=True)
+        variants['group-rational fused'] = lambda: GRKANMlp(dim, hidden, kan_fused=True)
     return variants
 
 

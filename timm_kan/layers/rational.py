@@ -15,6 +15,8 @@ from typing import Optional, Type
 import torch
 from torch import nn
 
+from ..kernels import use_fused
+
 __all__ = ['GroupRational', 'GRKANMlp', 'RATIONAL_INITS']
 
 # (numerator a_0..a_5, denominator |b_1|..|b_4|). 'identity' is exact; 'gelu' and 'silu' were fitted in the
@@ -46,10 +48,20 @@ class GroupRational(nn.Module):
         num_channels: Size of the last dimension.
         groups: Number of contiguous channel groups (must divide ``num_channels``).
         init: 'identity', 'gelu' or 'silu'.
+        fused: Triton kernel (True), PyTorch reference (False) or the kernel for CUDA tensors (None).
     """
 
-    def __init__(self, num_channels: int, groups: int = 8, init: str = 'identity', device=None, dtype=None) -> None:
+    def __init__(
+            self,
+            num_channels: int,
+            groups: int = 8,
+            init: str = 'identity',
+            fused: Optional[bool] = None,
+            device=None,
+            dtype=None,
+    ) -> None:
         super().__init__()
+        self.fused = fused
         if groups < 1 or num_channels % groups:
             raise ValueError(f'groups must divide num_channels={num_channels}, got groups={groups}')
         if init not in RATIONAL_INITS:
@@ -76,9 +88,15 @@ class GroupRational(nn.Module):
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         if shape[-1] != self.num_channels:
             raise ValueError(f'GroupRational expects {self.num_channels} channels, got {shape[-1]}')
+        if use_fused(x, self.fused):
+            from ..kernels.rational_triton import group_rational
+            return group_rational(x, self.numerator, self.denominator)
         xg = x.to(dtype).reshape(*shape[:-1], self.groups, shape[-1] // self.groups)
         a = self.numerator.to(dtype)[:, None, :]  # (groups, 1, 6): broadcast over the channels of a group
-        b = self.denominator.to(dtype).abs()[:, None, :]
+        den = self.denominator.to(dtype)
+        # |b| with gradient +1 at b = 0 (abs() has 0 there, and the identity init starts at b = 0 exactly,
+        # so its denominator would never train)
+        b = torch.where(den >= 0, den, -den)[:, None, :]
         small = xg.abs() <= 1
         # direct form on |x| <= 1; x^-4-scaled form elsewhere (each branch sees only safe inputs)
         xs = torch.where(small, xg, torch.zeros_like(xg))
@@ -102,6 +120,7 @@ class GRKANMlp(nn.Module):
         norm_layer: Set by timm with ``scale_mlp_norm``; applied after act2.
         groups: Rational coefficient groups per activation.
         kan_act_init: Initial function of act2, 'gelu' or 'silu' (default: from ``act_layer``).
+        kan_fused: Triton kernel for the rationals (True), PyTorch (False), or the kernel on CUDA (None).
     """
 
     def __init__(
@@ -118,6 +137,7 @@ class GRKANMlp(nn.Module):
             groups: int = 8,
             kan_act_init: Optional[str] = None,
             kan_hidden: Optional[int] = None,
+            kan_fused: Optional[bool] = None,
             **kwargs,  # arguments a newer timm Block may pass; this block has no use for them
     ) -> None:
         super().__init__()
@@ -128,10 +148,10 @@ class GRKANMlp(nn.Module):
             kan_act_init = 'silu' if act_layer in (nn.SiLU,) else 'gelu'
         if kan_act_init not in ('gelu', 'silu'):
             raise ValueError(f"kan_act_init must be 'gelu' or 'silu', got {kan_act_init!r}")
-        self.act1 = GroupRational(in_features, groups, 'identity', **dd)
+        self.act1 = GroupRational(in_features, groups, 'identity', fused=kan_fused, **dd)
         self.drop1 = nn.Dropout(drop)
         self.fc1 = nn.Linear(in_features, hidden_features, bias=bias, **dd)
-        self.act2 = GroupRational(hidden_features, groups, kan_act_init, **dd)
+        self.act2 = GroupRational(hidden_features, groups, kan_act_init, fused=kan_fused, **dd)
         self.norm = norm_layer(hidden_features, **dd) if norm_layer is not None else nn.Identity()
         self.drop2 = nn.Dropout(drop)
         self.fc2 = nn.Linear(hidden_features, out_features, bias=bias, **dd)

@@ -39,7 +39,7 @@ KAN_FAMILIES = {
     'kan_vit': dict(kan_type='bspline', options=('grid_size', 'spline_order', 'grid_range') + _KAN_BLOCK_OPTIONS),
     'chebykan_vit': dict(kan_type='chebyshev', options=('degree', 'kan_fused') + _KAN_BLOCK_OPTIONS),
     'rbfkan_vit': dict(kan_type='rbf', options=('grid_size', 'rbf_basis', 'grid_range') + _KAN_BLOCK_OPTIONS),
-    'grkan_vit': dict(kan_type='rational', options=('groups', 'kan_act_init', 'kan_hidden')),
+    'grkan_vit': dict(kan_type='rational', options=('groups', 'kan_act_init', 'kan_hidden', 'kan_fused')),
 }
 _ALL_KAN_OPTIONS = sorted({o for f in KAN_FAMILIES.values() for o in f['options']})
 
