@@ -79,11 +79,28 @@ def test_kan_mlp_fused_option_reaches_the_layers():
     ref.load_state_dict(block.state_dict())
     x = torch.randn(2, 5, 16, device=DEVICE)
     torch.testing.assert_close(block(x), ref(x), rtol=TOL, atol=TOL)
-    with pytest.raises(ValueError, match='no fused kernel for bspline KAN yet'):
-        KANMlp(16, 32, kan_type='bspline', kan_fused=True)
+    with pytest.raises(ValueError, match='no fused kernel for rbf KAN yet'):
+        KANMlp(16, 32, kan_type='rbf', kan_fused=True)
+    assert KANMlp(16, 32, kan_type='bspline', kan_fused=True).kan2.fused is True
     from timm_kan.layers import GRKANMlp
     gr = GRKANMlp(16, 32, kan_fused=True)
     assert gr.act1.fused is True and gr.act2.fused is True
+
+
+@pytest.mark.parametrize('order,grid', [(3, 5), (1, 3), (2, 6)])
+def test_fused_bspline_matches_reference_on_adapted_knots(order, grid):
+    from timm_kan.layers import BSplineKANLinear
+    torch.manual_seed(0)
+    ref = BSplineKANLinear(20, 24, grid_size=grid, spline_order=order, bias=True, fused=False).to(DEVICE)
+    ref.update_grid(torch.randn(200, 20, device=DEVICE) * 0.7)  # non-uniform knots
+    with torch.no_grad():
+        ref.spline_weight.normal_()
+        ref.bias.normal_()
+    fused = BSplineKANLinear(20, 24, grid_size=grid, spline_order=order, bias=True, fused=True).to(DEVICE)
+    fused.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 13, 20, device=DEVICE) * 1.2
+    x[0, 0, :4] = torch.tensor([1e4, -1e4, 5.0, -5.0])  # outside the grid: spline term 0, finite gradients
+    _check(ref, fused, x, TOL)
 
 
 def test_dispatch(monkeypatch):
@@ -125,6 +142,26 @@ for name, (ptrs, ints, consts) in kernels.items():
     assert 'wgmma.mma_async' in compiled.asm['ptx'], name
     print(name, 'ok')
 
+from timm_kan.kernels import bspline_triton as bk
+bspline = {
+    '_fwd_kernel': (['X', 'GRID', 'W', 'Y'], ['*bf16', '*fp32', '*bf16', '*bf16'],
+                    ['M', 'IN', 'OUT', 'stride_xm', 'stride_xi', 'stride_gi', 'stride_gq', 'stride_wj', 'stride_wi',
+                     'stride_wo', 'stride_ym', 'stride_yo']),
+    '_bwd_dx_kernel': (['X', 'GRID', 'W', 'DY', 'DX'], ['*bf16', '*fp32', '*bf16', '*bf16', '*bf16'],
+                       ['M', 'IN', 'OUT', 'stride_xm', 'stride_xi', 'stride_gi', 'stride_gq', 'stride_wj',
+                        'stride_wi', 'stride_wo', 'stride_dym', 'stride_dyo', 'stride_dxm', 'stride_dxi']),
+    '_bwd_dw_kernel': (['X', 'GRID', 'DY', 'DW'], ['*bf16', '*fp32', '*bf16', '*fp32'],
+                       ['M', 'IN', 'OUT', 'stride_xm', 'stride_xi', 'stride_gi', 'stride_gq', 'stride_dym',
+                        'stride_dyo', 'stride_dwj', 'stride_dwi', 'stride_dwo']),
+}
+for name, (ptrs, ptr_types, ints) in bspline.items():
+    consts = dict(NUM_KNOTS=12, ORDER=3, **blocks)
+    signature = dict(sig(ptrs, ptr_types), **sig(ints, i32), **{k: 'constexpr' for k in consts})
+    compiled = triton.compile(ASTSource(fn=getattr(bk, name), signature=signature, constexprs=consts),
+                              target=GPUTarget('cuda', 90, 32))
+    assert 'wgmma.mma_async' in compiled.asm['ptx'], name
+    print('bspline' + name, 'ok')
+
 from timm_kan.kernels import rational_triton as rk
 rational = {
     '_fwd_kernel': (['X', 'A', 'B', 'Y'], ['*bf16', '*fp32', '*fp32', '*bf16'], ['N', 'C', 'GROUP_SIZE'],
@@ -142,7 +179,7 @@ for name, (ptrs, ptr_types, ints, consts) in rational.items():
 
 
 def test_kernels_compile_for_hopper_with_tensor_core_instructions():
-    """Without a GPU: Triton compiles each kernel for sm_90; the Chebyshev GEMMs use wgmma (Hopper tensor cores)."""
+    """Without a GPU: Triton compiles each kernel for sm_90; the KAN GEMMs use wgmma (Hopper tensor cores)."""
     import os
     import subprocess
     import sys
@@ -151,7 +188,9 @@ def test_kernels_compile_for_hopper_with_tensor_core_instructions():
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split() == ['_fwd_kernel', 'ok', '_bwd_dx_kernel', 'ok', '_bwd_dw_kernel', 'ok',
-                                     'rational_fwd_kernel', 'ok', 'rational_bwd_kernel', 'ok']
+                                     'bspline_fwd_kernel', 'ok', 'bspline_bwd_dx_kernel', 'ok',
+                                     'bspline_bwd_dw_kernel', 'ok', 'rational_fwd_kernel', 'ok',
+                                     'rational_bwd_kernel', 'ok']
 
 
 @pytest.mark.parametrize('shape,groups', [((3, 7, 32), 4), ((19, 24), 8)])

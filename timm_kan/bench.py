@@ -51,6 +51,7 @@ def _ffn_variants(dim: int, hidden: int, degree: int, fused_ok: bool) -> Dict[st
     }
     if fused_ok:
         variants['chebyshev fused'] = lambda: KANMlp(dim, hidden, kan_type='chebyshev', degree=degree, kan_fused=True)
+        variants['bspline fused'] = lambda: KANMlp(dim, hidden, kan_type='bspline', kan_fused=True)
         variants['group-rational fused'] = lambda: GRKANMlp(dim, hidden, kan_fused=True)
     return variants
 

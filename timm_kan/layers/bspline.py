@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..kernels import use_fused
 from .base import BaseBranch, check_positive
 
 __all__ = ['BSplineKANLinear', 'b_spline_basis', 'uniform_knots']
@@ -100,6 +101,7 @@ class BSplineKANLinear(nn.Module):
         scale_noise: Amplitude of the random initial spline coefficients.
         scale_base: Gain of the base weight's Kaiming initialisation.
         scale_spline: Gain of the spline scaler's Kaiming initialisation.
+        fused: Triton kernel (True), PyTorch reference (False) or the kernel for CUDA tensors (None).
     """
 
     def __init__(
@@ -114,11 +116,13 @@ class BSplineKANLinear(nn.Module):
             scale_noise: float = 0.1,
             scale_base: float = 1.0,
             scale_spline: float = 1.0,
+            fused: Optional[bool] = None,
             device=None,
             dtype=None,
     ) -> None:
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
+        self.fused = fused
         check_positive('in_features', in_features)
         check_positive('out_features', out_features)
         check_positive('grid_size', grid_size)
@@ -167,8 +171,14 @@ class BSplineKANLinear(nn.Module):
         return self.spline_weight * self.spline_scaler.unsqueeze(-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bases = b_spline_basis(x, self.grid, self.spline_order).flatten(-2).to(x.dtype)
-        y = F.linear(bases, self.scaled_spline_weight().flatten(1), self.bias)
+        if use_fused(x, self.fused):
+            from ..kernels.bspline_triton import bspline_kan_matmul
+            y = bspline_kan_matmul(x, self.grid, self.scaled_spline_weight(), self.spline_order)
+            if self.bias is not None:
+                y = y + self.bias
+        else:
+            bases = b_spline_basis(x, self.grid, self.spline_order).flatten(-2).to(x.dtype)
+            y = F.linear(bases, self.scaled_spline_weight().flatten(1), self.bias)
         if self.base is not None:
             y = y + self.base(x)
         return y

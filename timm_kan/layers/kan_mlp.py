@@ -41,7 +41,7 @@ class KANMlp(nn.Module):
         kan_mid_norm: LayerNorm between the two KAN layers (bounds the second layer's inputs).
         kan_hidden: Overrides ``hidden_features``.
         kan_fused: Triton kernel (True), PyTorch reference (False), or the kernel on CUDA (None);
-            Chebyshev only so far.
+            Chebyshev and B-spline (RBF has no kernel).
         degree: Chebyshev degree.
         grid_size, spline_order, grid_range: B-spline grid (grid_size and grid_range also RBF's).
         rbf_basis: RBF basis, 'gaussian' or 'rswaf'.
@@ -77,8 +77,8 @@ class KANMlp(nn.Module):
         kan_base = kan_base or default_kan_base(kan_type)
         if kan_base not in KAN_BASES:
             raise ValueError(f'kan_base must be one of {KAN_BASES}, got {kan_base!r}')
-        if kan_fused and kan_type != 'chebyshev':
-            raise ValueError(f'kan_fused=True: there is no fused kernel for {kan_type} KAN yet (only chebyshev)')
+        if kan_fused and kan_type == 'rbf':
+            raise ValueError('kan_fused=True: there is no fused kernel for rbf KAN yet (chebyshev and bspline have one)')
         out_features = out_features or in_features
         hidden_features = kan_hidden or hidden_features or in_features
         self.kan_type = kan_type
@@ -98,7 +98,7 @@ class KANMlp(nn.Module):
                                     base_activation=base_activation, bias=with_bias, **dd)
             return BSplineKANLinear(
                 i, o, grid_size=grid_size, spline_order=spline_order, grid_range=grid_range,
-                base_activation=base_activation, bias=with_bias, **dd)
+                base_activation=base_activation, bias=with_bias, fused=kan_fused, **dd)
 
         self.kan1 = make(in_features, hidden_features, base1)
         self.drop1 = nn.Dropout(drop)

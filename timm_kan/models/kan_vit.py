@@ -36,7 +36,8 @@ __all__ = ['KANVisionTransformer', 'KAN_FAMILIES', 'architecture_kwargs']
 # family prefix -> KAN layer type and the create_model options that belong to it
 _KAN_BLOCK_OPTIONS = ('kan_base', 'kan_mid_norm', 'kan_hidden')
 KAN_FAMILIES = {
-    'kan_vit': dict(kan_type='bspline', options=('grid_size', 'spline_order', 'grid_range') + _KAN_BLOCK_OPTIONS),
+    'kan_vit': dict(kan_type='bspline',
+                    options=('grid_size', 'spline_order', 'grid_range', 'kan_fused') + _KAN_BLOCK_OPTIONS),
     'chebykan_vit': dict(kan_type='chebyshev', options=('degree', 'kan_fused') + _KAN_BLOCK_OPTIONS),
     'rbfkan_vit': dict(kan_type='rbf', options=('grid_size', 'rbf_basis', 'grid_range') + _KAN_BLOCK_OPTIONS),
     'grkan_vit': dict(kan_type='rational', options=('groups', 'kan_act_init', 'kan_hidden', 'kan_fused')),
