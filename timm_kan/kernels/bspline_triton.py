@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._common import accumulate_basis_dy, gemm_blocks, store_weight_grad
+
 __all__ = ['bspline_kan_matmul']
 
 
@@ -113,16 +115,10 @@ def _bwd_dw_kernel(
         basis = tl.zeros((BLOCK_M, BLOCK_I), dtype=tl.float32)
         for jj in tl.static_range(NUM_KNOTS - 1 - ORDER):
             basis = tl.where(j == jj, bases[jj], basis)
-        dy = tl.load(DY + offs_m[:, None] * stride_dym + offs_n[None, :] * stride_dyo,
-                     mask=(offs_m[:, None] < M) & (offs_n[None, :] < OUT), other=0.0)
-        acc += tl.dot(tl.trans(basis.to(dy.dtype)), dy)
-    tl.store(DW + j * stride_dwj + offs_i[:, None] * stride_dwi + offs_n[None, :] * stride_dwo,
-             acc.to(DW.dtype.element_ty), mask=(offs_i[:, None] < IN) & (offs_n[None, :] < OUT))
+        acc = accumulate_basis_dy(acc, basis, DY, offs_m, offs_n, M, OUT, stride_dym, stride_dyo)
+    store_weight_grad(DW, j, acc, offs_i, offs_n, IN, OUT, stride_dwj, stride_dwi, stride_dwo)
 
 
-def _blocks(x: torch.Tensor):
-    # (BLOCK_M, BLOCK_N, BLOCK_I): 64 rows per tl.dot on CUDA (wgmma's minimum); 16 keeps the interpreter fast
-    return (64, 64, 64) if x.is_cuda else (16, 16, 16)
 
 
 class _BSplineKANMatmul(torch.autograd.Function):
@@ -131,7 +127,7 @@ class _BSplineKANMatmul(torch.autograd.Function):
         m, n_in = x.shape
         n_out = w.shape[2]
         y = torch.empty(m, n_out, device=x.device, dtype=w.dtype)
-        bm, bn, bi = _blocks(x)
+        bm, bn, bi = gemm_blocks(x)
         _fwd_kernel[(triton.cdiv(m, bm), triton.cdiv(n_out, bn))](
             x, grid, w, y, m, n_in, n_out, x.stride(0), x.stride(1), grid.stride(0), grid.stride(1),
             w.stride(0), w.stride(1), w.stride(2), y.stride(0), y.stride(1),
@@ -145,7 +141,7 @@ class _BSplineKANMatmul(torch.autograd.Function):
         x, grid, w = ctx.saved_tensors
         m, n_in = x.shape
         n_out = w.shape[2]
-        bm, bn, bi = _blocks(x)
+        bm, bn, bi = gemm_blocks(x)
         common = dict(NUM_KNOTS=grid.shape[1], ORDER=ctx.order, BLOCK_M=bm, BLOCK_N=bn, BLOCK_I=bi)
         dx = dw = None
         if ctx.needs_input_grad[0]:

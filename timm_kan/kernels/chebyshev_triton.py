@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._common import accumulate_basis_dy, gemm_blocks, store_weight_grad
+
 __all__ = ['chebyshev_kan_matmul']
 
 
@@ -127,19 +129,10 @@ def _bwd_dw_kernel(
             t_cur = t_next
         basis = tl.where(k == 0, t_prev, t_cur)
         # rows past M read dY = 0, so their T_0 = 1 adds nothing
-        dy = tl.load(DY + offs_m[:, None] * stride_dym + offs_n[None, :] * stride_dyo,
-                     mask=(offs_m[:, None] < M) & (offs_n[None, :] < OUT), other=0.0)
-        acc += tl.dot(tl.trans(basis.to(dy.dtype)), dy)
-    tl.store(DW + k * stride_dwk + offs_i[:, None] * stride_dwi + offs_n[None, :] * stride_dwo,
-             acc.to(DW.dtype.element_ty), mask=(offs_i[:, None] < IN) & (offs_n[None, :] < OUT))
+        acc = accumulate_basis_dy(acc, basis, DY, offs_m, offs_n, M, OUT, stride_dym, stride_dyo)
+    store_weight_grad(DW, k, acc, offs_i, offs_n, IN, OUT, stride_dwk, stride_dwi, stride_dwo)
 
 
-def _blocks(x: torch.Tensor):
-    # (BLOCK_M, BLOCK_N, BLOCK_I). Every tl.dot here has 64 rows on CUDA, the least Hopper's wgmma takes
-    # (the dW kernel's rows are BLOCK_I); tl.dot needs at least 16, which keeps the CPU interpreter fast
-    if x.is_cuda:
-        return 64, 64, 64
-    return 16, 16, 16
 
 
 class _ChebyshevKANMatmul(torch.autograd.Function):
@@ -149,7 +142,7 @@ class _ChebyshevKANMatmul(torch.autograd.Function):
         n_out = w.shape[2]
         degree = w.shape[0] - 1
         y = torch.empty(m, n_out, device=x.device, dtype=w.dtype)
-        bm, bn, bi = _blocks(x)
+        bm, bn, bi = gemm_blocks(x)
         grid = (triton.cdiv(m, bm), triton.cdiv(n_out, bn))
         _fwd_kernel[grid](
             x, w, y, m, n_in, n_out, x.stride(0), x.stride(1), w.stride(0), w.stride(1), w.stride(2),
@@ -163,7 +156,7 @@ class _ChebyshevKANMatmul(torch.autograd.Function):
         m, n_in = x.shape
         n_out = w.shape[2]
         degree = w.shape[0] - 1
-        bm, bn, bi = _blocks(x)
+        bm, bn, bi = gemm_blocks(x)
         dx = dw = None
         if ctx.needs_input_grad[0]:
             dx = torch.empty_like(x)
