@@ -202,3 +202,12 @@ def test_kan_mlp_shapes_and_options():
     assert hidden.kan1.out_features == 20 and hidden.kan2.in_features == 20
     # timm's scale_mlp_norm passes a norm layer: it becomes the between-layer norm
     assert isinstance(KANMlp(12, 48, norm_layer=nn.LayerNorm, kan_mid_norm=False).norm, nn.LayerNorm)
+
+
+@pytest.mark.parametrize('kwargs,name', [
+    (dict(kan_type='bspline', grid_size=0), 'grid_size'),
+    (dict(kan_type='chebyshev', kan_hidden=0), 'kan_hidden'),
+])
+def test_kan_mlp_zero_options_are_errors_not_defaults(kwargs, name):
+    with pytest.raises(ValueError, match=rf'{name} must be an integer >= 1, got 0'):
+        KANMlp(8, 16, **kwargs)

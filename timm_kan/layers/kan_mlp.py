@@ -4,6 +4,7 @@ from typing import Optional, Tuple, Type
 import torch
 from torch import nn
 
+from .base import check_positive
 from .bspline import BSplineKANLinear
 from .chebyshev import ChebyshevKANLinear
 from .rbf import RBFKANLinear
@@ -80,11 +81,16 @@ class KANMlp(nn.Module):
         if kan_fused and kan_type == 'rbf':
             raise ValueError('kan_fused=True: there is no fused kernel for rbf KAN yet (chebyshev and bspline have one)')
         out_features = out_features or in_features
-        hidden_features = kan_hidden or hidden_features or in_features
+        if kan_hidden is not None:
+            check_positive('kan_hidden', kan_hidden)
+            hidden_features = kan_hidden
+        hidden_features = hidden_features or in_features
         self.kan_type = kan_type
         self.kan_base = kan_base
-        grid_range = grid_range or _DEFAULT_GRID_RANGE.get(kan_type)
-        grid_size = grid_size or (8 if kan_type == 'rbf' else 5)
+        if grid_range is None:
+            grid_range = _DEFAULT_GRID_RANGE.get(kan_type)
+        if grid_size is None:
+            grid_size = 8 if kan_type == 'rbf' else 5
 
         with_bias = bias and kan_base == 'mlp'
         base1, base2 = {'none': (None, None), 'silu': (nn.SiLU, nn.SiLU), 'mlp': (nn.Identity, act_layer)}[kan_base]

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..kernels import use_fused
+from .base import check_positive
 
 __all__ = ['GroupRational', 'GRKANMlp', 'RATIONAL_INITS']
 
@@ -143,7 +144,10 @@ class GRKANMlp(nn.Module):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
         out_features = out_features or in_features
-        hidden_features = kan_hidden or hidden_features or in_features
+        if kan_hidden is not None:
+            check_positive('kan_hidden', kan_hidden)
+            hidden_features = kan_hidden
+        hidden_features = hidden_features or in_features
         if kan_act_init is None:
             kan_act_init = 'silu' if act_layer in (nn.SiLU,) else 'gelu'
         if kan_act_init not in ('gelu', 'silu'):
