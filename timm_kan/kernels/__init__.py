@@ -4,6 +4,7 @@
 otherwise; ``fused=True`` forces the kernel (CPU tensors run under ``TRITON_INTERPRET=1``),
 ``fused=False`` forces the reference.
 """
+import functools
 import importlib.util
 from typing import Optional
 
@@ -12,7 +13,9 @@ import torch
 __all__ = ['triton_available', 'use_fused']
 
 
+@functools.lru_cache(maxsize=None)
 def triton_available() -> bool:
+    # asked on every CUDA forward: look the package up once
     return importlib.util.find_spec('triton') is not None
 
 
