@@ -2,6 +2,7 @@
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -61,7 +62,6 @@ def _cmd_compare(args: argparse.Namespace) -> None:
         amp_dtype=args.amp_dtype, model_ema=args.model_ema, model_ema_decay=args.model_ema_decay,
         device=args.device, progress=False if args.no_progress else None)
     results = run_compare(cfg)
-    import os
     if int(os.environ.get('RANK', '0')) == 0:
         print(format_table(results))
         print(f'\noutputs in {args.output}: results.json, results.csv, loss.png, accuracy.png, accuracy_vs_gflops.png')
@@ -78,14 +78,15 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 
 
 def _cmd_push(args: argparse.Namespace) -> None:
-    from .hub import export_for_hub, model_from_checkpoint, push_to_hub, read_class_map, validate_repo_id
+    from .hub import (
+        class_names, export_for_hub, model_from_checkpoint, push_to_hub, read_class_map, validate_repo_id)
 
     validate_repo_id(args.repo_id)
     model, meta = model_from_checkpoint(
         args.model, args.checkpoint, num_classes=args.num_classes, model_kwargs=args.model_kwargs,
         use_ema=not args.no_ema)
     labels = read_class_map(args.class_map) if args.class_map else (
-        [meta['class_map'][str(i)] for i in range(len(meta['class_map']))] if meta.get('class_map') else None)
+        class_names(meta['class_map'], args.checkpoint) if meta.get('class_map') else None)
     metrics = json.loads(args.metrics) if args.metrics else None
     if args.export_only:
         out = export_for_hub(model, args.export_only, repo_id=args.repo_id, label_names=labels, metrics=metrics,

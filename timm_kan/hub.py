@@ -18,7 +18,7 @@ from timm.models._hub import generate_readme
 from .accounting import model_summary
 
 __all__ = ['export_for_hub', 'push_to_hub', 'model_card', 'load_training_checkpoint', 'read_class_map',
-           'validate_repo_id', 'model_from_checkpoint']
+           'validate_repo_id', 'model_from_checkpoint', 'class_names']
 
 _REPO_ID = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$')
 _KAN_TYPE_NAMES = {'chebyshev': 'Chebyshev KAN', 'bspline': 'B-spline KAN', 'rbf': 'RBF KAN',
@@ -31,23 +31,27 @@ def validate_repo_id(repo_id: str) -> str:
     return repo_id
 
 
+def class_names(mapping: Union[Dict[Any, str], Sequence[str]], source: str = 'class map') -> List[str]:
+    """Class names by index from a list, or a {index: name} map with int or str keys (class_indices.json)."""
+    if isinstance(mapping, dict):
+        try:
+            index = {int(k): str(v) for k, v in mapping.items()}
+        except ValueError as e:
+            raise ValueError(f'{source}: class map keys must be class indices, got {sorted(mapping)[:5]}') from e
+        if sorted(index) != list(range(len(index))):
+            raise ValueError(f'{source}: class indices must be 0..{len(index) - 1}, got {sorted(index)}')
+        return [index[i] for i in range(len(index))]
+    if isinstance(mapping, (list, tuple)):
+        return [str(x) for x in mapping]
+    raise ValueError(f'{source}: expected a JSON list or object of class names, got {type(mapping).__name__}')
+
+
 def read_class_map(path: Union[str, Path]) -> List[str]:
     """Class names by index from a JSON list or a {"0": "daisy", ...} map (the seed's class_indices.json)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f'class map not found: {path}')
-    data = json.loads(path.read_text())
-    if isinstance(data, dict):
-        try:
-            index = {int(k): str(v) for k, v in data.items()}
-        except ValueError as e:
-            raise ValueError(f'{path}: class map keys must be class indices, got {sorted(data)[:5]}') from e
-        if sorted(index) != list(range(len(index))):
-            raise ValueError(f'{path}: class indices must be 0..{len(index) - 1}, got {sorted(index)}')
-        return [index[i] for i in range(len(index))]
-    if isinstance(data, list):
-        return [str(x) for x in data]
-    raise ValueError(f'{path}: expected a JSON list or object of class names, got {type(data).__name__}')
+    return class_names(json.loads(path.read_text()), str(path))
 
 
 def _check_labels(model: nn.Module, label_names: Optional[Sequence[str]]) -> None:

@@ -9,7 +9,7 @@ import timm
 from timm.data import create_transform
 
 from .accounting import model_data_config
-from .hub import model_from_checkpoint, read_class_map
+from .hub import class_names, model_from_checkpoint, read_class_map
 
 __all__ = ['load_for_inference', 'predict_images']
 
@@ -28,13 +28,12 @@ def load_for_inference(
     if checkpoint:
         net, meta = model_from_checkpoint(model, checkpoint, model_kwargs=model_kwargs)
         if meta.get('class_map'):
-            names = [meta['class_map'][str(i)] for i in range(len(meta['class_map']))]
+            names = class_names(meta['class_map'], str(checkpoint))
     else:
         net = timm.create_model(model, pretrained=True, **(model_kwargs or {}))
         labels = net.pretrained_cfg.get('label_names')
         if labels:
-            names = [labels[i] for i in range(len(labels))] if isinstance(labels, (list, tuple)) else \
-                [labels[str(i)] if str(i) in labels else labels[i] for i in range(len(labels))]
+            names = class_names(labels, f'{model} label_names')
     if class_map:
         names = read_class_map(class_map)
     if names is not None and len(names) != net.num_classes:

@@ -3,7 +3,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ['gemm_blocks', 'accumulate_basis_dy', 'store_weight_grad']
+__all__ = ['gemm_blocks', 'load_tile', 'accumulate_basis_dy', 'store_weight_grad']
 
 
 def gemm_blocks(x: torch.Tensor):
@@ -13,10 +13,16 @@ def gemm_blocks(x: torch.Tensor):
 
 
 @triton.jit
+def load_tile(P, offs_r, offs_c, R, C, stride_r, stride_c):
+    """The (rows, cols) tile of a 2-D tensor; entries past R rows or C columns read 0."""
+    return tl.load(P + offs_r[:, None] * stride_r + offs_c[None, :] * stride_c,
+                   mask=(offs_r[:, None] < R) & (offs_c[None, :] < C), other=0.0)
+
+
+@triton.jit
 def accumulate_basis_dy(acc, basis, DY, offs_m, offs_n, M, OUT, stride_dym, stride_dyo):
     """acc + basis^T @ dY for one row block (rows past M read dY = 0 and add nothing)."""
-    dy = tl.load(DY + offs_m[:, None] * stride_dym + offs_n[None, :] * stride_dyo,
-                 mask=(offs_m[:, None] < M) & (offs_n[None, :] < OUT), other=0.0)
+    dy = load_tile(DY, offs_m, offs_n, M, OUT, stride_dym, stride_dyo)
     return acc + tl.dot(tl.trans(basis.to(dy.dtype)), dy)
 
 

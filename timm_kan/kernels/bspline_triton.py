@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import accumulate_basis_dy, gemm_blocks, store_weight_grad
+from ._common import accumulate_basis_dy, gemm_blocks, load_tile, store_weight_grad
 
 __all__ = ['bspline_kan_matmul']
 
@@ -22,8 +22,7 @@ __all__ = ['bspline_kan_matmul']
 def _bases(X, GRID, offs_m, offs_i, M, IN, stride_xm, stride_xi, stride_gi, stride_gq,
            NUM_KNOTS: tl.constexpr, ORDER: tl.constexpr):
     """Tuples of the tile's bases of order ORDER and ORDER - 1, and its knots (unused ones compile away)."""
-    mask = (offs_m[:, None] < M) & (offs_i[None, :] < IN)
-    x = tl.load(X + offs_m[:, None] * stride_xm + offs_i[None, :] * stride_xi, mask=mask, other=0.0).to(tl.float32)
+    x = load_tile(X, offs_m, offs_i, M, IN, stride_xm, stride_xi).to(tl.float32)
     knots = ()
     for q in tl.static_range(NUM_KNOTS):
         # inputs past IN get distinct dummy knots (q) so that no division is 0 / 0
@@ -85,8 +84,7 @@ def _bwd_dx_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_I), dtype=tl.float32)
     for n0 in range(0, OUT, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        dy = tl.load(DY + offs_m[:, None] * stride_dym + offs_n[None, :] * stride_dyo,
-                     mask=(offs_m[:, None] < M) & (offs_n[None, :] < OUT), other=0.0)
+        dy = load_tile(DY, offs_m, offs_n, M, OUT, stride_dym, stride_dyo)
         wt_ptr = W + offs_n[:, None] * stride_wo + offs_i[None, :] * stride_wi
         wt_mask = (offs_n[:, None] < OUT) & (offs_i[None, :] < IN)
         for j in tl.static_range(NUM_KNOTS - 1 - ORDER):

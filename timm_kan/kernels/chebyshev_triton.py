@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import accumulate_basis_dy, gemm_blocks, store_weight_grad
+from ._common import accumulate_basis_dy, gemm_blocks, load_tile, store_weight_grad
 
 __all__ = ['chebyshev_kan_matmul']
 
@@ -28,9 +28,7 @@ def _tanh(x):
 @triton.jit
 def _load_tanh(X, offs_m, offs_i, M, IN, stride_xm, stride_xi):
     """tanh of an X tile in fp32; rows past M and inputs past IN read 0."""
-    mask = (offs_m[:, None] < M) & (offs_i[None, :] < IN)
-    x = tl.load(X + offs_m[:, None] * stride_xm + offs_i[None, :] * stride_xi, mask=mask, other=0.0)
-    return _tanh(x.to(tl.float32))
+    return _tanh(load_tile(X, offs_m, offs_i, M, IN, stride_xm, stride_xi).to(tl.float32))
 
 
 @triton.jit
@@ -80,8 +78,7 @@ def _bwd_dx_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_I), dtype=tl.float32)
     for n0 in range(0, OUT, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        dy = tl.load(DY + offs_m[:, None] * stride_dym + offs_n[None, :] * stride_dyo,
-                     mask=(offs_m[:, None] < M) & (offs_n[None, :] < OUT), other=0.0)
+        dy = load_tile(DY, offs_m, offs_n, M, OUT, stride_dym, stride_dyo)
         # W_k^T tile: (BLOCK_N, BLOCK_I)
         wt_ptr = W + offs_n[:, None] * stride_wo + offs_i[None, :] * stride_wi
         wt_mask = (offs_n[:, None] < OUT) & (offs_i[None, :] < IN)

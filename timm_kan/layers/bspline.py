@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..kernels import use_fused
-from .base import BaseBranch, check_positive
+from .base import BaseBranch, check_positive, check_range
 
 __all__ = ['BSplineKANLinear', 'b_spline_basis', 'uniform_knots']
 
@@ -127,14 +127,12 @@ class BSplineKANLinear(nn.Module):
         check_positive('out_features', out_features)
         check_positive('grid_size', grid_size)
         check_positive('spline_order', spline_order)
-        lo, hi = grid_range
-        if not hi > lo:
-            raise ValueError(f'grid_range must be (low, high) with high > low, got {tuple(grid_range)}')
+        lo, hi = check_range('grid_range', grid_range)
         self.in_features = in_features
         self.out_features = out_features
         self.grid_size = grid_size
         self.spline_order = spline_order
-        self.grid_range = (float(lo), float(hi))
+        self.grid_range = (lo, hi)
         self.scale_noise = scale_noise
         self.scale_base = scale_base
         self.scale_spline = scale_spline

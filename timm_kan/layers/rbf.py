@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .base import BaseBranch, check_positive
+from .base import BaseBranch, check_positive, check_range
 
 __all__ = ['RBFKANLinear', 'RBF_BASES', 'rbf_basis']
 
@@ -64,9 +64,7 @@ class RBFKANLinear(nn.Module):
             raise ValueError(f'grid_size must be an integer >= 2 for RBF KAN, got {grid_size!r}')
         if basis not in RBF_BASES:
             raise ValueError(f'basis must be one of {RBF_BASES}, got {basis!r}')
-        lo, hi = grid_range
-        if not hi > lo:
-            raise ValueError(f'grid_range must be (low, high) with high > low, got {tuple(grid_range)}')
+        lo, hi = check_range('grid_range', grid_range)
         self.in_features = in_features
         self.out_features = out_features
         self.grid_size = grid_size
