@@ -64,11 +64,12 @@ def test_fused_chebyshev_extreme_inputs_are_finite():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='bf16 autocast kernels need a GPU')
 def test_fused_chebyshev_bf16_autocast_close_to_fp32_reference():
-    ref, fused = _pair(256, 384, 3)
+    ref, fused = _pair(256, 384, 3, bias=True)
     x = torch.randn(1000, 256, device='cuda')
     with torch.autocast('cuda', dtype=torch.bfloat16):
         yf = fused(x)
     yr = ref(x)
+    assert yf.dtype == torch.bfloat16  # the bias add does not promote the output to fp32
     assert ((yf.float() - yr).norm() / yr.norm()).item() < 1e-2
 
 
@@ -103,6 +104,14 @@ def test_fused_bspline_matches_reference_on_adapted_knots(order, grid):
     _check(ref, fused, x, TOL)
 
 
+def test_gemm_weight_is_the_contiguous_basis_major_layout():
+    from timm_kan.kernels._common import gemm_weight
+    weight = torch.randn(5, 4, 3)  # (out, in, J), as the layers store it
+    w = gemm_weight(torch.zeros(2, 4), weight)
+    assert w.shape == (3, 4, 5) and w.is_contiguous()
+    torch.testing.assert_close(w, weight.permute(2, 1, 0), rtol=0, atol=0)
+
+
 def test_dispatch(monkeypatch):
     cpu = torch.zeros(2)
     assert kernels.use_fused(cpu, None) is False  # CPU tensors take the reference unless forced
@@ -113,73 +122,59 @@ def test_dispatch(monkeypatch):
 
 
 _COMPILE_SM90 = r'''
+import re
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from timm_kan.kernels import chebyshev_triton as ck
+from timm_kan.kernels import bspline_triton as bk, chebyshev_triton as ck, rational_triton as rk
 
-def sig(names, types):
-    return dict(zip(names, types))
 
+def compile_sm90(fn, args, consts):
+    # specialised as a launch with these arguments would be: ints equal to 1 become constants, pointers
+    # (given by element type) and ints divisible by 16 are marked so
+    signature, attrs, consts = {}, {}, {k: v for k, v in consts.items() if k in fn.arg_names}
+    for i, name in enumerate(fn.arg_names):
+        if name in consts:
+            signature[name] = 'constexpr'
+        elif isinstance(args[name], str):
+            signature[name] = args[name]
+            attrs[(i,)] = [['tt.divisibility', 16]]
+        elif args[name] == 1:
+            signature[name] = 'constexpr'
+            consts[name] = 1
+        else:
+            signature[name] = 'i32'
+            if args[name] % 16 == 0:
+                attrs[(i,)] = [['tt.divisibility', 16]]
+    return triton.compile(ASTSource(fn=fn, signature=signature, constexprs=consts, attrs=attrs),
+                          target=GPUTarget('cuda', 90, 32)).asm['ptx']
+
+
+# the second KAN layer of a ViT-B FFN on 12,608 tokens, bf16, as the wrappers lay the tensors out
+M, IN, OUT, KNOTS = 12608, 3072, 768, 12
+args = dict(X='*bf16', W='*bf16', Y='*bf16', DY='*bf16', DX='*bf16', DW='*fp32', GRID='*fp32', M=M, IN=IN, OUT=OUT,
+            stride_xm=IN, stride_xi=1, stride_wk=IN * OUT, stride_wj=IN * OUT, stride_wi=OUT, stride_wo=1,
+            stride_ym=OUT, stride_yo=1, stride_dym=OUT, stride_dyo=1, stride_dxm=IN, stride_dxi=1,
+            stride_dwk=IN * OUT, stride_dwj=IN * OUT, stride_dwi=OUT, stride_dwo=1, stride_gi=KNOTS, stride_gq=1)
 blocks = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_I=64)
-i32 = ['i32'] * 20
-kernels = {
-    '_fwd_kernel': (['X', 'W', 'Y'], ['M', 'IN', 'OUT', 'stride_xm', 'stride_xi', 'stride_wk', 'stride_wi',
-                                      'stride_wo', 'stride_ym', 'stride_yo'], dict(DEGREE=3, **blocks)),
-    '_bwd_dx_kernel': (['X', 'W', 'DY', 'DX'], ['M', 'IN', 'OUT', 'stride_xm', 'stride_xi', 'stride_wk', 'stride_wi',
-                                                'stride_wo', 'stride_dym', 'stride_dyo', 'stride_dxm', 'stride_dxi'],
-                       dict(DEGREE=3, **blocks)),
-    '_bwd_dw_kernel': (['X', 'DY', 'DW'], ['M', 'IN', 'OUT', 'stride_xm', 'stride_xi', 'stride_dym', 'stride_dyo',
-                                           'stride_dwk', 'stride_dwi', 'stride_dwo'], blocks),
-}
-for name, (ptrs, ints, consts) in kernels.items():
-    ptr_types = ['*bf16'] * len(ptrs)
-    if name == '_bwd_dw_kernel':
-        ptr_types = ['*bf16', '*bf16', '*fp32']
-    signature = dict(sig(ptrs, ptr_types), **sig(ints, i32), **{k: 'constexpr' for k in consts})
-    compiled = triton.compile(ASTSource(fn=getattr(ck, name), signature=signature, constexprs=consts),
-                              target=GPUTarget('cuda', 90, 32))
-    assert 'wgmma.mma_async' in compiled.asm['ptx'], name
-    print(name, 'ok')
+for module, consts in ((ck, dict(DEGREE=3, **blocks)), (bk, dict(NUM_KNOTS=KNOTS, ORDER=3, **blocks))):
+    for name in ('_fwd_kernel', '_bwd_dx_kernel', '_bwd_dw_kernel'):
+        ptx = compile_sm90(getattr(module, name), args, consts)
+        # tensor-core GEMM, operands copied asynchronously (pipelined), no scalar 16-bit gathers
+        print(module.__name__.split('.')[-1], name, 'wgmma.mma_async' in ptx, 'cp.async' in ptx,
+              len(re.findall(r'ld\.global\.b16', ptx)))
 
-from timm_kan.kernels import bspline_triton as bk
-bspline = {
-    '_fwd_kernel': (['X', 'GRID', 'W', 'Y'], ['*bf16', '*fp32', '*bf16', '*bf16'],
-                    ['M', 'IN', 'OUT', 'stride_xm', 'stride_xi', 'stride_gi', 'stride_gq', 'stride_wj', 'stride_wi',
-                     'stride_wo', 'stride_ym', 'stride_yo']),
-    '_bwd_dx_kernel': (['X', 'GRID', 'W', 'DY', 'DX'], ['*bf16', '*fp32', '*bf16', '*bf16', '*bf16'],
-                       ['M', 'IN', 'OUT', 'stride_xm', 'stride_xi', 'stride_gi', 'stride_gq', 'stride_wj',
-                        'stride_wi', 'stride_wo', 'stride_dym', 'stride_dyo', 'stride_dxm', 'stride_dxi']),
-    '_bwd_dw_kernel': (['X', 'GRID', 'DY', 'DW'], ['*bf16', '*fp32', '*bf16', '*fp32'],
-                       ['M', 'IN', 'OUT', 'stride_xm', 'stride_xi', 'stride_gi', 'stride_gq', 'stride_dym',
-                        'stride_dyo', 'stride_dwj', 'stride_dwi', 'stride_dwo']),
-}
-for name, (ptrs, ptr_types, ints) in bspline.items():
-    consts = dict(NUM_KNOTS=12, ORDER=3, **blocks)
-    signature = dict(sig(ptrs, ptr_types), **sig(ints, i32), **{k: 'constexpr' for k in consts})
-    compiled = triton.compile(ASTSource(fn=getattr(bk, name), signature=signature, constexprs=consts),
-                              target=GPUTarget('cuda', 90, 32))
-    assert 'wgmma.mma_async' in compiled.asm['ptx'], name
-    print('bspline' + name, 'ok')
-
-from timm_kan.kernels import rational_triton as rk
-rational = {
-    '_fwd_kernel': (['X', 'A', 'B', 'Y'], ['*bf16', '*fp32', '*fp32', '*bf16'], ['N', 'C', 'GROUP_SIZE'],
-                    dict(BLOCK=1024)),
-    '_bwd_kernel': (['X', 'DY', 'A', 'B', 'DX', 'PARTIAL'], ['*bf16', '*bf16', '*fp32', '*fp32', '*bf16', '*fp32'],
-                    ['M', 'C', 'GROUP_SIZE', 'GROUPS'], dict(BLOCK_M=64, BLOCK_C=64)),
-}
-for name, (ptrs, ptr_types, ints, consts) in rational.items():
-    signature = dict(sig(ptrs, ptr_types), **sig(ints, i32), **{k: 'constexpr' for k in consts})
-    compiled = triton.compile(ASTSource(fn=getattr(rk, name), signature=signature, constexprs=consts),
-                              target=GPUTarget('cuda', 90, 32))
-    assert compiled.asm['cubin'], name
-    print('rational' + name, 'ok')
+rational = dict(X='*bf16', DY='*bf16', Y='*bf16', DX='*bf16', A='*fp32', B='*fp32', PARTIAL='*fp32',
+                N=M * OUT, M=M, C=OUT, GROUP_SIZE=OUT // 8, GROUPS=8)
+for name, consts in (('_fwd_kernel', dict(BLOCK=1024)), ('_bwd_kernel', dict(BLOCK_M=64, BLOCK_C=64))):
+    print('rational_triton', name, bool(compile_sm90(getattr(rk, name), rational, consts)))
 '''
 
 
 def test_kernels_compile_for_hopper_with_tensor_core_instructions():
-    """Without a GPU: Triton compiles each kernel for sm_90; the KAN GEMMs use wgmma (Hopper tensor cores)."""
+    """Without a GPU: Triton compiles each kernel for sm_90 as a ViT-B launch specialises it; the KAN GEMMs use
+    wgmma (Hopper tensor cores) and asynchronous copies, and never gather 16-bit operands one by one (which
+    a weight laid out with the basis index innermost did)."""
     import os
     import subprocess
     import sys
@@ -187,10 +182,10 @@ def test_kernels_compile_for_hopper_with_tensor_core_instructions():
     result = subprocess.run([sys.executable, '-c', _COMPILE_SM90], capture_output=True, text=True, env=env,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split() == ['_fwd_kernel', 'ok', '_bwd_dx_kernel', 'ok', '_bwd_dw_kernel', 'ok',
-                                     'bspline_fwd_kernel', 'ok', 'bspline_bwd_dx_kernel', 'ok',
-                                     'bspline_bwd_dw_kernel', 'ok', 'rational_fwd_kernel', 'ok',
-                                     'rational_bwd_kernel', 'ok']
+    expected = [f'{m} {k} True True 0' for m in ('chebyshev_triton', 'bspline_triton')
+                for k in ('_fwd_kernel', '_bwd_dx_kernel', '_bwd_dw_kernel')]
+    expected += ['rational_triton _fwd_kernel True', 'rational_triton _bwd_kernel True']
+    assert result.stdout.splitlines() == expected
 
 
 @pytest.mark.parametrize('shape,groups', [((3, 7, 32), 4), ((19, 24), 8)])

@@ -211,3 +211,29 @@ def test_kan_mlp_shapes_and_options():
 def test_kan_mlp_zero_options_are_errors_not_defaults(kwargs, name):
     with pytest.raises(ValueError, match=rf'{name} must be an integer >= 1, got 0'):
         KANMlp(8, 16, **kwargs)
+
+
+def test_chebyshev_basis_of_half_precision_inputs_is_computed_in_fp32():
+    x = torch.linspace(-4, 4, 301).reshape(7, 43).bfloat16()
+    basis = chebyshev_basis(x, 6)
+    assert basis.dtype == torch.bfloat16
+    # the fp32 recurrence rounded once at the end; the bf16 recurrence is off by several bf16 steps at degree 6
+    torch.testing.assert_close(basis, chebyshev_basis(x.float(), 6).bfloat16(), rtol=0, atol=0)
+
+
+def test_kan_mlp_mid_norm_runs_in_the_activation_dtype_under_autocast():
+    """Autocast would give the between-layer norm an fp32 output (on CUDA), and the norm and kan2 would each
+    keep an fp32 copy of the hidden activations for backward: the block runs the norm with autocast off."""
+    seen = []
+
+    class RecordingNorm(nn.LayerNorm):
+        def forward(self, x):
+            seen.append((torch.is_autocast_enabled('cpu'), x.dtype))
+            return super().forward(x)
+
+    block = KANMlp(8, 16, kan_type='chebyshev', norm_layer=RecordingNorm)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        y = block(torch.randn(2, 3, 8))
+    assert seen == [(False, torch.bfloat16)] and y.dtype == torch.bfloat16
+    block(torch.randn(2, 3, 8))
+    assert seen[-1] == (False, torch.float32)

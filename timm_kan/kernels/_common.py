@@ -3,13 +3,24 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ['gemm_blocks', 'load_tile', 'accumulate_basis_dy', 'store_weight_grad']
+__all__ = ['gemm_blocks', 'gemm_weight', 'load_tile', 'accumulate_basis_dy', 'store_weight_grad']
 
 
 def gemm_blocks(x: torch.Tensor):
     """(BLOCK_M, BLOCK_N, BLOCK_I): every tl.dot has 64 rows on CUDA, the least Hopper's wgmma takes (the dW
     kernels' rows are BLOCK_I); tl.dot needs at least 16, which keeps Triton's CPU interpreter fast."""
     return (64, 64, 64) if x.is_cuda else (16, 16, 16)
+
+
+def gemm_weight(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """A layer's (out, in, J) coefficients as the kernels' contiguous (J, in, out) operand, in the autocast
+    dtype under autocast (else the weight's): one copy, and the tiles the kernels load are rows along
+    ``out`` (coalesced, vectorised) instead of gathers with stride J."""
+    dtype = weight.dtype
+    if x.device.type != 'cpu' and torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+    w = weight.permute(2, 1, 0)
+    return w.contiguous() if dtype == w.dtype else w.to(dtype, memory_format=torch.contiguous_format)
 
 
 @triton.jit

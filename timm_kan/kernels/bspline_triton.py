@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import accumulate_basis_dy, gemm_blocks, load_tile, store_weight_grad
+from ._common import accumulate_basis_dy, gemm_blocks, gemm_weight, load_tile, store_weight_grad
 
 __all__ = ['bspline_kan_matmul']
 
@@ -117,8 +117,6 @@ def _bwd_dw_kernel(
     store_weight_grad(DW, j, acc, offs_i, offs_n, IN, OUT, stride_dwj, stride_dwi, stride_dwo)
 
 
-
-
 class _BSplineKANMatmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, grid: torch.Tensor, w: torch.Tensor, order: int) -> torch.Tensor:
@@ -161,8 +159,5 @@ def bspline_kan_matmul(x: torch.Tensor, grid: torch.Tensor, weight: torch.Tensor
     """``sum_i sum_j B_j(x_i) * weight[o, i, j]`` for x (..., in), knots ``grid`` (in, G + 2k + 1) and
     weight (out, in, G + k). Products in the autocast dtype under autocast, else the weight's dtype."""
     lead = x.shape[:-1]
-    if x.device.type != 'cpu' and torch.is_autocast_enabled(x.device.type):
-        weight = weight.to(torch.get_autocast_dtype(x.device.type))
-    w = weight.permute(2, 1, 0)  # (G + k, in, out) view: the kernels take strides
-    y = _BSplineKANMatmul.apply(x.reshape(-1, x.shape[-1]), grid.float().contiguous(), w, order)
+    y = _BSplineKANMatmul.apply(x.reshape(-1, x.shape[-1]), grid.float().contiguous(), gemm_weight(x, weight), order)
     return y.reshape(*lead, weight.shape[0])

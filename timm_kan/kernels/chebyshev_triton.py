@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import accumulate_basis_dy, gemm_blocks, load_tile, store_weight_grad
+from ._common import accumulate_basis_dy, gemm_blocks, gemm_weight, load_tile, store_weight_grad
 
 __all__ = ['chebyshev_kan_matmul']
 
@@ -107,7 +107,7 @@ def _bwd_dx_kernel(
 def _bwd_dw_kernel(
         X, DY, DW, M, IN, OUT,
         stride_xm, stride_xi, stride_dym, stride_dyo, stride_dwk, stride_dwi, stride_dwo,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_I: tl.constexpr,
+        DEGREE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_I: tl.constexpr,
 ):
     pid_i = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -118,18 +118,19 @@ def _bwd_dw_kernel(
     for m0 in range(0, M, BLOCK_M):
         offs_m = m0 + tl.arange(0, BLOCK_M)
         t = _load_tanh(X, offs_m, offs_i, M, IN, stride_xm, stride_xi)
+        # T_k for this program's k, selected from the unrolled recurrence (a loop bounded by the runtime k
+        # would keep Triton from pipelining the loads of this loop)
         t_prev = tl.full((BLOCK_M, BLOCK_I), 1.0, tl.float32)
         t_cur = t
-        for _ in range(1, k):
+        basis = tl.where(k == 0, t_prev, t_cur)
+        for kk in tl.static_range(2, DEGREE + 1):
             t_next = 2.0 * t * t_cur - t_prev
             t_prev = t_cur
             t_cur = t_next
-        basis = tl.where(k == 0, t_prev, t_cur)
+            basis = tl.where(k == kk, t_cur, basis)
         # rows past M read dY = 0, so their T_0 = 1 adds nothing
         acc = accumulate_basis_dy(acc, basis, DY, offs_m, offs_n, M, OUT, stride_dym, stride_dyo)
     store_weight_grad(DW, k, acc, offs_i, offs_n, IN, OUT, stride_dwk, stride_dwi, stride_dwo)
-
-
 
 
 class _ChebyshevKANMatmul(torch.autograd.Function):
@@ -167,7 +168,7 @@ class _ChebyshevKANMatmul(torch.autograd.Function):
             grid = (triton.cdiv(n_in, bi), triton.cdiv(n_out, bn), degree + 1)
             _bwd_dw_kernel[grid](
                 x, dy, dw, m, n_in, n_out, x.stride(0), x.stride(1), dy.stride(0), dy.stride(1),
-                dw.stride(0), dw.stride(1), dw.stride(2), BLOCK_M=bm, BLOCK_N=bn, BLOCK_I=bi)
+                dw.stride(0), dw.stride(1), dw.stride(2), DEGREE=degree, BLOCK_M=bm, BLOCK_N=bn, BLOCK_I=bi)
             dw = dw.to(w.dtype)
         return dx, dw
 
@@ -179,8 +180,5 @@ def chebyshev_kan_matmul(x: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
     coefficients' dtype. Differentiable in ``x`` and ``coeffs``.
     """
     lead = x.shape[:-1]
-    if x.device.type != 'cpu' and torch.is_autocast_enabled(x.device.type):
-        coeffs = coeffs.to(torch.get_autocast_dtype(x.device.type))
-    w = coeffs.permute(2, 1, 0)  # (degree + 1, in, out) view: the kernels take strides
-    y = _ChebyshevKANMatmul.apply(x.reshape(-1, x.shape[-1]), w)
+    y = _ChebyshevKANMatmul.apply(x.reshape(-1, x.shape[-1]), gemm_weight(x, coeffs))
     return y.reshape(*lead, coeffs.shape[0])

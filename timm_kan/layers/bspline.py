@@ -173,7 +173,7 @@ class BSplineKANLinear(nn.Module):
             from ..kernels.bspline_triton import bspline_kan_matmul
             y = bspline_kan_matmul(x, self.grid, self.scaled_spline_weight(), self.spline_order)
             if self.bias is not None:
-                y = y + self.bias
+                y = y + self.bias.to(y.dtype)  # as F.linear under autocast: no fp32 upcast of y
         else:
             bases = b_spline_basis(x, self.grid, self.spline_order).flatten(-2).to(x.dtype)
             y = F.linear(bases, self.scaled_spline_weight().flatten(1), self.bias)

@@ -23,12 +23,16 @@ __all__ = ['ChebyshevKANLinear', 'chebyshev_basis']
 
 
 def chebyshev_basis(x: torch.Tensor, degree: int) -> torch.Tensor:
-    """Return T_0..T_degree of tanh(x), shape (..., in_features, degree + 1)."""
-    t = torch.tanh(x)
+    """Return T_0..T_degree of tanh(x), shape (..., in_features, degree + 1), in x's dtype.
+
+    The recurrence runs in fp32 for fp16/bf16 inputs (as in the fused kernel): in bf16 its rounding
+    errors grow with the degree.
+    """
+    t = torch.tanh(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x)
     polys = [torch.ones_like(t), t]
     for _ in range(2, degree + 1):
         polys.append(2 * t * polys[-1] - polys[-2])
-    return torch.stack(polys, dim=-1)
+    return torch.stack(polys, dim=-1).to(x.dtype)
 
 
 class ChebyshevKANLinear(nn.Module):
@@ -86,7 +90,7 @@ class ChebyshevKANLinear(nn.Module):
             from ..kernels.chebyshev_triton import chebyshev_kan_matmul
             y = chebyshev_kan_matmul(x, self.coeffs)
             if self.bias is not None:
-                y = y + self.bias
+                y = y + self.bias.to(y.dtype)  # as F.linear under autocast: no fp32 upcast of y
         else:
             basis = chebyshev_basis(x, self.degree).flatten(-2)
             y = F.linear(basis, self.coeffs.flatten(1), self.bias)
