@@ -41,6 +41,27 @@ def test_readme_mission_table_is_the_generated_one():
     assert _block('mission-table') == mission_table()
 
 
+def test_readme_performance_section_is_the_generated_one():
+    from timm_kan.tables import performance_section
+    assert _block('performance') == performance_section()
+
+
+def test_update_readme_writes_a_bench_report(tmp_path):
+    from timm_kan.bench import main as bench_main
+    from timm_kan.tables import update_readme
+    bench = tmp_path / 'bench.json'
+    bench_main(['--tokens', '16', '--dim', '8', '--hidden', '16', '--reps', '1', '--warmup', '0',
+                '--variants', 'chebyshev reference', '--json', str(bench)])
+    readme = tmp_path / 'README.md'
+    readme.write_text(README)
+    update_readme(readme, bench_results=bench)
+    text = readme.read_text()
+    section = re.search(r'<!-- performance:start -->\n(.*?)<!-- performance:end -->', text, re.S).group(1)
+    assert section.startswith('Measured ') and '| chebyshev reference |' in section
+    assert '`timm-kan bench --tokens 16 --dim 8' in section
+    assert 'Not measured yet' not in section and text.count('<!-- performance:start -->') == 1
+
+
 def test_readme_compare_table_was_pasted():
     table = _block('compare-table')
     for name in ('vit_tiny_patch16_224', 'chebykan_vit_tiny_patch16_224', 'kan_vit_tiny_patch16_224'):

@@ -115,7 +115,11 @@ def test_gemm_weight_is_the_contiguous_basis_major_layout():
 def test_dispatch(monkeypatch):
     cpu = torch.zeros(2)
     assert kernels.use_fused(cpu, None) is False  # CPU tensors take the reference unless forced
+    monkeypatch.setenv('TRITON_INTERPRET', '1')
     assert kernels.use_fused(cpu, True) is True and kernels.use_fused(cpu, False) is False
+    monkeypatch.delenv('TRITON_INTERPRET')
+    with pytest.raises(RuntimeError, match='fused=True on a cpu tensor: .* under TRITON_INTERPRET=1'):
+        kernels.use_fused(cpu, True)
     monkeypatch.setattr(kernels, 'triton_available', lambda: False)
     with pytest.raises(RuntimeError, match='fused=True needs Triton'):
         kernels.use_fused(cpu, True)

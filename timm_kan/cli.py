@@ -215,7 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    if argv[:1] == ['bench']:
+        # argparse's REMAINDER does not take a leading --option: the bench gets its arguments whole
+        args = parser.parse_args(['bench'])
+        args.bench_args = argv[1:]
+    else:
+        args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format='%(levelname)s %(name)s: %(message)s')
     import timm_kan  # noqa: F401  registers the models

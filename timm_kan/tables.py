@@ -9,7 +9,7 @@ import timm
 from .accounting import count_flops, count_parameters
 from .models.kan_vit import _ARCHS, KAN_FAMILIES
 
-__all__ = ['registry_table', 'mission_table', 'replace_block', 'update_readme']
+__all__ = ['mission_table', 'performance_section', 'registry_table', 'replace_block', 'update_readme']
 
 _DESIGNS = {'vit': 'MLP (timm ViT)', 'chebykan_vit': 'Chebyshev KAN, degree 3',
             'kan_vit': 'B-spline KAN, grid 5, order 3', 'rbfkan_vit': 'RBF KAN, 8 Gaussians',
@@ -59,6 +59,18 @@ def mission_table(arch: str = 'base_patch16_224', bench_results: Optional[Union[
     return '\n'.join(lines)
 
 
+def performance_section(bench_results: Optional[Union[str, Path]] = None) -> str:
+    """The full report of a ``timm-kan bench --json`` file (device, versions, date, command, every table and
+    the targets), or how to make one."""
+    from .bench import format_report
+
+    if bench_results:
+        return format_report(json.loads(Path(bench_results).read_text()))
+    return ('Not measured yet: no GPU has been available to this project so far. On a CUDA machine,\n'
+            '`timm-kan bench --json bench.json` and then\n'
+            '`timm-kan models --update-readme README.md --bench-results bench.json` put its report here.')
+
+
 def replace_block(text: str, name: str, content: str) -> str:
     """Replace what stands between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->``."""
     pattern = re.compile(rf'(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)', re.S)
@@ -72,13 +84,14 @@ def update_readme(
         compare_results: Optional[Union[str, Path]] = None,
         bench_results: Optional[Union[str, Path]] = None,
 ) -> None:
-    """Regenerate README.md's model and family tables (GPU speed from a ``timm-kan bench --json`` file),
-    and its comparison table from a ``timm-kan compare`` ``results.json``."""
+    """Regenerate README.md's model and family tables and its performance section (GPU figures from a
+    ``timm-kan bench --json`` file), and its comparison table from a ``timm-kan compare`` ``results.json``."""
     from .compare import format_table
 
     readme = Path(readme)
     text = replace_block(readme.read_text(), 'models-table', registry_table())
     text = replace_block(text, 'mission-table', mission_table(bench_results=bench_results))
+    text = replace_block(text, 'performance', performance_section(bench_results))
     if compare_results:
         results = json.loads(Path(compare_results).read_text())['results']
         text = replace_block(text, 'compare-table', format_table(results))

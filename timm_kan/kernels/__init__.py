@@ -6,6 +6,7 @@ otherwise; ``fused=True`` forces the kernel (CPU tensors run under ``TRITON_INTE
 """
 import functools
 import importlib.util
+import os
 from typing import Optional
 
 import torch
@@ -25,4 +26,7 @@ def use_fused(x: torch.Tensor, fused: Optional[bool]) -> bool:
         return x.is_cuda and triton_available()
     if fused and not triton_available():
         raise RuntimeError('fused=True needs Triton (pip install triton); use fused=None to fall back to PyTorch')
+    if fused and not x.is_cuda and os.environ.get('TRITON_INTERPRET') != '1':
+        raise RuntimeError(f'fused=True on a {x.device.type} tensor: the Triton kernels run on CUDA, or on CPU '
+                           'under TRITON_INTERPRET=1 set before triton is imported; use fused=None or False')
     return bool(fused)

@@ -119,8 +119,12 @@ class KANMlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.drop1(self.kan1(x))
-        # under autocast the norm would return fp32, and both it and kan2 would keep that fp32 copy of the
-        # hidden activations for backward: run it in kan1's output dtype (statistics are fp32 inside)
-        with torch.autocast(x.device.type, enabled=False):
+        device = x.device.type
+        if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+            # autocast would return the norm in fp32, and both it and kan2 would keep that fp32 copy of the
+            # hidden activations for backward: run it in kan1's output dtype (statistics are fp32 inside)
+            with torch.autocast(device, enabled=False):
+                x = self.norm(x)
+        else:
             x = self.norm(x)
         return self.drop2(self.kan2(x))
