@@ -1,5 +1,6 @@
 """Group-rational KAN (KAT) and RBF KAN: layers against direct formulas, registry, adapter, KAT checkpoints."""
 import math
+import os
 
 import pytest
 import timm
@@ -32,6 +33,26 @@ def test_rational_matches_kat_gpu_form_per_group():
         g = c // 2
         expected = _rational_direct(x[:, c], act.numerator[g].tolist(), act.denominator[g].tolist())
         torch.testing.assert_close(y[:, c], expected, rtol=1e-10, atol=1e-10)
+
+
+def test_rational_matches_kats_own_kernel_as_shipped_by_ikan():
+    """KAT's Triton forward (redistributed in the peer package ikan; on CPU through Triton's interpreter)
+    reads the numerator in ascending powers and Q = 1 + sum |b_j| |x|^j: our loaded KAT layout means the same."""
+    import importlib
+
+    from timm_kan.bench import import_ikan
+    if import_ikan()[0] is None or not (torch.cuda.is_available() or os.environ.get('TRITON_INTERPRET') == '1'):
+        pytest.skip('needs ikan and a GPU or TRITON_INTERPRET=1')
+    kat = importlib.import_module('ikan.kat_rational.rational_triton')
+    device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    torch.manual_seed(0)
+    act = GroupRational(16, groups=4).to(device)
+    with torch.no_grad():
+        act.numerator.normal_()
+        act.denominator.normal_()
+    x = torch.linspace(-3, 3, 20 * 16, device=device).reshape(20, 16)
+    expected = kat.rational_fwd_triton(x, act.numerator.contiguous(), act.denominator.contiguous(), 4)
+    torch.testing.assert_close(act(x), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_rational_identity_is_exact_and_fits_are_close():
