@@ -16,8 +16,8 @@ def test_bench_table_and_json(tmp_path, capsys, monkeypatch):
     out = tmp_path / 'bench.json'
     result = main(['--tokens', '64', '--dim', '16', '--hidden', '32', '--reps', '1', '--warmup', '0',
                    '--models', 'vit_tiny_patch16_224', 'chebykan_vit_t16', '--path-models', 'chebykan_vit_t16',
-                   '--img-size', '32', '--batch-size', '2', '--steps', '1', '--model-kwargs', 'depth=1', 'embed_dim=16', 'num_heads=2',
-                   '--json', str(out)])
+                   '--img-size', '32', '--batch-size', '2', '--steps', '1',
+                   '--model-kwargs', 'depth=1', 'embed_dim=16', 'num_heads=2', '--json', str(out)])
     assert os.getcwd() == str(tmp_path)  # importing the peer package ikan changes it; the bench puts it back
     saved = json.loads(out.read_text())
     assert saved['ffn'] == json.loads(json.dumps(result['ffn']))

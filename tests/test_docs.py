@@ -118,7 +118,8 @@ def test_timm_train_py_runs_the_seed_config(tmp_path):
                 Image.fromarray(img).save(d / f'{i}.png')
     save_file(timm.create_model('vit_tiny_patch16_224', img_size=32, depth=2, num_classes=0).state_dict(),
               str(tmp_path / 'vit.safetensors'))
-    cmd = [sys.executable, os.environ['TIMM_TRAIN_PY'], '-c', str(ROOT / 'train_configs/seed_chebykan_vit_b16_finetune.yaml'),
+    config = ROOT / 'train_configs/seed_chebykan_vit_b16_finetune.yaml'
+    cmd = [sys.executable, os.environ['TIMM_TRAIN_PY'], '-c', str(config),
            '--data-dir', str(tmp_path / 'data'), '--model', 'chebykan_vit_t16', '--pretrained-path',
            str(tmp_path / 'vit.safetensors'), '--model-kwargs', 'img_size=32', 'depth=2', 'freeze=backbone',
            'kan_init=mlp', '--num-classes', '2', '--img-size', '32', '--epochs', '1', '-b', '4',

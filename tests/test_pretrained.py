@@ -160,7 +160,8 @@ def test_checkpoint_of_another_size(tmp_path):
 def test_checkpoint_of_another_family(tmp_path):
     path = tmp_path / 'resnet.safetensors'
     save_file(timm.create_model('resnet18', num_classes=7).state_dict(), str(path))
-    with pytest.raises(CheckpointError, match=r'resnet\.safetensors is not a ViT or KAN-ViT checkpoint.*found bn1\.bias'):
+    with pytest.raises(CheckpointError,
+                       match=r'resnet\.safetensors is not a ViT or KAN-ViT checkpoint.*found bn1\.bias'):
         _load('chebykan_vit_t16', path)
 
 

@@ -228,7 +228,8 @@ def _train_one(
     ema = ModelEmaV3(model, decay=cfg.model_ema_decay) if cfg.model_ema else None
     train_model: nn.Module = model
     if distributed:
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None)
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == 'cuda' else None)
 
     use_amp = cfg.amp and device.type == 'cuda'
     amp_dtype = torch.bfloat16 if cfg.amp_dtype == 'bfloat16' else torch.float16
@@ -274,7 +275,8 @@ def _train_one(
                 fits = suggest_batch_size(lambda b: train_step(x[:b], y[:b]), x.shape[0])
                 raise RuntimeError(
                     f'{name}: out of GPU memory at batch size {x.shape[0]}; '
-                    + (f'batch size {fits} fits: pass --batch-size {fits}' if fits else 'even batch size 1 fails')) from e
+                    + (f'batch size {fits} fits: pass --batch-size {fits}' if fits
+                       else 'even batch size 1 fails')) from e
             loss_sum += loss * x.shape[0]
             count += x.shape[0]
             bar.set_postfix(loss=f'{loss:.3f}')

@@ -49,7 +49,8 @@ def mission_table(arch: str = 'base_patch16_224', bench_results: Optional[Union[
                'grkan_vit': 'group-rational fused'}
     vit = timm.create_model(f'vit_{arch}', num_classes=1000, device='meta')
     vit_params, vit_flops = count_parameters(vit)['total'], count_flops(vit)
-    lines = ['| family | FFN | params vs MLP | GFLOPs vs MLP | FFN fwd+bwd time vs MLP (GPU) |', '|---|---|---|---|---|']
+    lines = ['| family | FFN | params vs MLP | GFLOPs vs MLP | FFN fwd+bwd time vs MLP (GPU) |',
+             '|---|---|---|---|---|']
     for family in KAN_FAMILIES:
         model = timm.create_model(f'{family}_{arch}', num_classes=1000, device='meta')
         ratio = speed.get(variant[family])

@@ -4,7 +4,8 @@ Forward: Y = sum_j B_j(X) @ W_j, with W = spline_weight * spline_scaler laid out
 The bases of an (M, in) tile are built in registers by the Cox-de Boor recursion on that tile's knots
 (any knot vector, e.g. after ``update_grid``), so the (M, in, grid + order) basis tensor never exists in
 memory. Backward recomputes them:
-    dX = sum_j (dY @ W_j^T) * dB_j/dx,   dB_{j,k}/dx = k (B_{j,k-1} / (t_{j+k} - t_j) - B_{j+1,k-1} / (t_{j+k+1} - t_{j+1}))
+    dX = sum_j (dY @ W_j^T) * dB_j/dx,
+         dB_{j,k}/dx = k (B_{j,k-1} / (t_{j+k} - t_j) - B_{j+1,k-1} / (t_{j+k+1} - t_{j+1}))
     dW_j = B_j(X)^T @ dY                 (one program per basis j and output tile)
 The base branch and the bias stay in PyTorch. The reference is :class:`timm_kan.layers.BSplineKANLinear`
 on its PyTorch path.

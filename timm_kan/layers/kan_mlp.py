@@ -79,7 +79,8 @@ class KANMlp(nn.Module):
         if kan_base not in KAN_BASES:
             raise ValueError(f'kan_base must be one of {KAN_BASES}, got {kan_base!r}')
         if kan_fused and kan_type == 'rbf':
-            raise ValueError('kan_fused=True: there is no fused kernel for rbf KAN yet (chebyshev and bspline have one)')
+            raise ValueError(
+                'kan_fused=True: there is no fused kernel for rbf KAN yet (chebyshev and bspline have one)')
         out_features = out_features or in_features
         if kan_hidden is not None:
             check_positive('kan_hidden', kan_hidden)

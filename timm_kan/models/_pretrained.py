@@ -77,8 +77,9 @@ def kan_checkpoint_filter_fn(
 ) -> Dict[str, torch.Tensor]:
     """Turn a ViT or KAN-ViT state dict into a complete, validated state dict for ``model``.
 
-    ``strict`` defaults to the model's ``strict_load``; ``source`` names the checkpoint in errors and ``source_classes`` is the class count its head was
-    trained for (both default to the model's pretrained_cfg). Records the keys taken from the checkpoint on ``model._loaded_keys`` and its layout
+    ``strict`` defaults to the model's ``strict_load``; ``source`` names the checkpoint in errors and
+    ``source_classes`` is the class count its head was trained for (both default to the model's
+    pretrained_cfg). Records the keys taken from the checkpoint on ``model._loaded_keys`` and its layout
     ('vit' or 'kan') on ``model.checkpoint_layout`` for the freeze policies.
 
     Raises:
@@ -169,7 +170,8 @@ def kan_checkpoint_filter_fn(
             raise CheckpointError(
                 f'{source} is incomplete for {_model_name(model)}: {len(missing)} tensors missing: '
                 f'{_describe(missing)} (truncated file or another model family?)')
-        _logger.warning(f'{source}: tensors missing from the checkpoint keep their initialisation: {_describe(missing)}')
+        _logger.warning(
+            f'{source}: tensors missing from the checkpoint keep their initialisation: {_describe(missing)}')
         for k in missing:
             out[k] = expected[k].detach().clone()
 
