@@ -127,13 +127,18 @@ def test_dispatch(monkeypatch):
 
 _COMPILE_SM90 = r'''
 import re
+import subprocess
+import tempfile
+
 import triton
 from triton.backends.compiler import GPUTarget
+from triton.backends.nvidia.compiler import get_ptxas
 from triton.compiler import ASTSource
 from timm_kan.kernels import bspline_triton as bk, chebyshev_triton as ck, rational_triton as rk
+from timm_kan.kernels._common import gemm_blocks
 
 
-def compile_sm90(fn, args, consts):
+def compile_sm90(fn, args, consts, num_warps=4):
     # specialised as a launch with these arguments would be: ints equal to 1 become constants, pointers
     # (given by element type) and ints divisible by 16 are marked so
     signature, attrs, consts = {}, {}, {k: v for k, v in consts.items() if k in fn.arg_names}
@@ -151,7 +156,17 @@ def compile_sm90(fn, args, consts):
             if args[name] % 16 == 0:
                 attrs[(i,)] = [['tt.divisibility', 16]]
     return triton.compile(ASTSource(fn=fn, signature=signature, constexprs=consts, attrs=attrs),
-                          target=GPUTarget('cuda', 90, 32)).asm['ptx']
+                          target=GPUTarget('cuda', 90, 32), options=dict(num_warps=num_warps)).asm['ptx']
+
+
+def spilled_bytes(ptx):
+    # ptxas -v, as Triton runs it for sm_90a, reports the register spill stores
+    with tempfile.NamedTemporaryFile('w', suffix='.ptx') as f:
+        f.write(ptx)
+        f.flush()
+        out = subprocess.run([get_ptxas(90).path, '-v', '--gpu-name', 'sm_90a', f.name, '-o', '/dev/null'],
+                             capture_output=True, text=True, check=True).stderr
+    return int(re.search(r'(\d+) bytes spill stores', out).group(1))
 
 
 # the second KAN layer of a ViT-B FFN on 12,608 tokens, bf16, as the wrappers lay the tensors out
@@ -160,25 +175,39 @@ args = dict(X='*bf16', W='*bf16', Y='*bf16', DY='*bf16', DX='*bf16', DW='*fp32',
             stride_xm=IN, stride_xi=1, stride_wk=IN * OUT, stride_wj=IN * OUT, stride_wi=OUT, stride_wo=1,
             stride_ym=OUT, stride_yo=1, stride_dym=OUT, stride_dyo=1, stride_dxm=IN, stride_dxi=1,
             stride_dwk=IN * OUT, stride_dwj=IN * OUT, stride_dwi=OUT, stride_dwo=1, stride_gi=KNOTS, stride_gq=1)
-blocks = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_I=64)
-for module, consts in ((ck, dict(DEGREE=3, **blocks)), (bk, dict(NUM_KNOTS=KNOTS, ORDER=3, **blocks))):
-    for name in ('_fwd_kernel', '_bwd_dx_kernel', '_bwd_dw_kernel'):
-        ptx = compile_sm90(getattr(module, name), args, consts)
-        # tensor-core GEMM, operands copied asynchronously (pipelined), no scalar 16-bit gathers
-        print(module.__name__.split('.')[-1], name, 'wgmma.mma_async' in ptx, 'cp.async' in ptx,
-              len(re.findall(r'ld\.global\.b16', ptx)))
+bm, bn, bi = gemm_blocks(True)
+_, _, bi_bspline, bi_bspline_dw = bk.launch_blocks(True)
+launches = [
+    (ck, '_fwd_kernel', dict(DEGREE=3, BLOCK_M=bm, BLOCK_N=bn, BLOCK_I=bi), 4),
+    (ck, '_bwd_dx_kernel', dict(DEGREE=3, BLOCK_M=bm, BLOCK_N=bn, BLOCK_I=bi), 4),
+    (ck, '_bwd_dw_kernel', dict(DEGREE=3, BLOCK_M=bm, BLOCK_N=bn, BLOCK_I=bi), 4),
+]
+spline = dict(NUM_KNOTS=KNOTS, ORDER=3, BLOCK_M=bm, BLOCK_N=bn)
+launches += [
+    (bk, '_fwd_kernel', dict(spline, BLOCK_I=bi_bspline), bk.NUM_WARPS),
+    (bk, '_bwd_dx_kernel', dict(spline, BLOCK_I=bi_bspline), bk.NUM_WARPS),
+    (bk, '_bwd_dw_kernel', dict(spline, BLOCK_I=bi_bspline_dw), bk.NUM_WARPS),
+]
+for module, name, consts, num_warps in launches:
+    ptx = compile_sm90(getattr(module, name), args, consts, num_warps)
+    # tensor-core GEMM, operands copied asynchronously (pipelined), no scalar 16-bit gathers, no spills
+    print(module.__name__.split('.')[-1], name, 'wgmma.mma_async' in ptx, 'cp.async' in ptx,
+          len(re.findall(r'ld\.global\.b16', ptx)), spilled_bytes(ptx))
 
 rational = dict(X='*bf16', DY='*bf16', Y='*bf16', DX='*bf16', A='*fp32', B='*fp32', PARTIAL='*fp32',
                 N=M * OUT, M=M, C=OUT, GROUP_SIZE=OUT // 8, GROUPS=8)
-for name, consts in (('_fwd_kernel', dict(BLOCK=1024)), ('_bwd_kernel', dict(BLOCK_M=64, BLOCK_C=64))):
-    print('rational_triton', name, bool(compile_sm90(getattr(rk, name), rational, consts)))
+block, bm_rational, bc_rational = rk.launch_blocks(True)
+for name, consts, num_warps in (('_fwd_kernel', dict(BLOCK=block), 4),
+                                ('_bwd_kernel', dict(BLOCK_M=bm_rational, BLOCK_C=bc_rational), rk.BWD_NUM_WARPS)):
+    print('rational_triton', name, spilled_bytes(compile_sm90(getattr(rk, name), rational, consts, num_warps)))
 '''
 
 
 def test_kernels_compile_for_hopper_with_tensor_core_instructions():
-    """Without a GPU: Triton compiles each kernel for sm_90 as a ViT-B launch specialises it; the KAN GEMMs use
-    wgmma (Hopper tensor cores) and asynchronous copies, and never gather 16-bit operands one by one (which
-    a weight laid out with the basis index innermost did)."""
+    """Without a GPU: Triton compiles each kernel for sm_90 as a ViT-B launch specialises it, with the launch's
+    tiles and warps; the KAN GEMMs use wgmma (Hopper tensor cores) and asynchronous copies, never gather 16-bit
+    operands one by one (which a weight laid out with the basis index innermost did), and ptxas fits every
+    kernel in registers (the B-spline kernels that built all grid + 2k Cox-de Boor bases spilled 8-20 kB)."""
     import os
     import subprocess
     import sys
@@ -186,9 +215,9 @@ def test_kernels_compile_for_hopper_with_tensor_core_instructions():
     result = subprocess.run([sys.executable, '-c', _COMPILE_SM90], capture_output=True, text=True, env=env,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    expected = [f'{m} {k} True True 0' for m in ('chebyshev_triton', 'bspline_triton')
+    expected = [f'{m} {k} True True 0 0' for m in ('chebyshev_triton', 'bspline_triton')
                 for k in ('_fwd_kernel', '_bwd_dx_kernel', '_bwd_dw_kernel')]
-    expected += ['rational_triton _fwd_kernel True', 'rational_triton _bwd_kernel True']
+    expected += ['rational_triton _fwd_kernel 0', 'rational_triton _bwd_kernel 0']
     assert result.stdout.splitlines() == expected
 
 

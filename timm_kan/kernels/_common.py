@@ -6,10 +6,10 @@ import triton.language as tl
 __all__ = ['gemm_blocks', 'gemm_weight', 'load_tile', 'accumulate_basis_dy', 'store_weight_grad']
 
 
-def gemm_blocks(x: torch.Tensor):
+def gemm_blocks(cuda: bool):
     """(BLOCK_M, BLOCK_N, BLOCK_I): every tl.dot has 64 rows on CUDA, the least Hopper's wgmma takes (the dW
     kernels' rows are BLOCK_I); tl.dot needs at least 16, which keeps Triton's CPU interpreter fast."""
-    return (64, 64, 64) if x.is_cuda else (16, 16, 16)
+    return (64, 64, 64) if cuda else (16, 16, 16)
 
 
 def gemm_weight(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,13 @@
 """Fused Triton kernels for the B-spline KAN layer's spline term.
 
 Forward: Y = sum_j B_j(X) @ W_j, with W = spline_weight * spline_scaler laid out (grid + order, in, out).
-The bases of an (M, in) tile are built in registers by the Cox-de Boor recursion on that tile's knots
-(any knot vector, e.g. after ``update_grid``), so the (M, in, grid + order) basis tensor never exists in
-memory. Backward recomputes them:
+Local support: an input x in knot interval [t_m, t_{m+1}) has only order + 1 non-zero bases,
+B_{m-k} .. B_m (k = order). Each (M, in) tile finds m by comparing x with its knots (any knot vector,
+e.g. after ``update_grid``) and evaluates those k + 1 values with de Boor's triangular scheme on the
+2k + 2 knots around m, all in registers; basis j of the GEMM is then the one of them whose index is j
+(zero for the others). Neither the (M, in, grid + order) basis tensor nor the full Cox-de Boor triangle
+ever exists: the tile keeps k + 1 values instead of grid + 2k, which is what keeps the kernels out of
+register spills. Backward recomputes them:
     dX = sum_j (dY @ W_j^T) * dB_j/dx,
          dB_{j,k}/dx = k (B_{j,k-1} / (t_{j+k} - t_j) - B_{j+1,k-1} / (t_{j+k+1} - t_{j+1}))
     dW_j = B_j(X)^T @ dY                 (one program per basis j and output tile)
@@ -19,28 +23,62 @@ from ._common import accumulate_basis_dy, gemm_blocks, gemm_weight, load_tile, s
 __all__ = ['bspline_kan_matmul']
 
 
+# 8 warps and 32-input forward/dX tiles: ptxas (sm_90) then fits every B-spline kernel in registers,
+# with no spills; the dW tile keeps 64 inputs, the rows its wgmma needs
+NUM_WARPS = 8
+
+
+def launch_blocks(cuda: bool):
+    """(BLOCK_M, BLOCK_N, BLOCK_I of the forward and dX kernels, BLOCK_I of the dW kernel)."""
+    bm, bn, bi = gemm_blocks(cuda)
+    return bm, bn, (32 if cuda else bi), bi
+
+
 @triton.jit
-def _bases(X, GRID, offs_m, offs_i, M, IN, stride_xm, stride_xi, stride_gi, stride_gq,
-           NUM_KNOTS: tl.constexpr, ORDER: tl.constexpr):
-    """Tuples of the tile's bases of order ORDER and ORDER - 1, and its knots (unused ones compile away)."""
+def _local_bases(X, GRID, offs_m, offs_i, M, IN, stride_xm, stride_xi, stride_gi, stride_gq,
+                 NUM_KNOTS: tl.constexpr, ORDER: tl.constexpr):
+    """For an (M, in) tile: the knot interval m of each x; the ORDER + 1 bases B_{m-ORDER+r} (r = 0..ORDER)
+    of order ORDER and the ORDER bases B_{m-ORDER+1+r} of order ORDER - 1 (tuples of tiles); and the knots
+    t_{m-ORDER+o}, o = 0..2 ORDER + 1. Slots whose basis index is outside 0..NUM_KNOTS-2-ORDER (x near or
+    past the ends of the knot vector) may hold anything, even NaN: callers select by index."""
     x = load_tile(X, offs_m, offs_i, M, IN, stride_xm, stride_xi).to(tl.float32)
     knots = ()
     for q in tl.static_range(NUM_KNOTS):
-        # inputs past IN get distinct dummy knots (q) so that no division is 0 / 0
+        # inputs past IN get distinct dummy knots (q): their valid slots stay finite
         knots = knots + (tl.load(GRID + offs_i * stride_gi + q * stride_gq, mask=offs_i < IN, other=q * 1.0)[None, :],)
-    level = ()
-    for q in tl.static_range(NUM_KNOTS - 1):
-        level = level + (tl.where((x >= knots[q]) & (x < knots[q + 1]), 1.0, 0.0),)
-    lower = level
-    for k in tl.static_range(1, ORDER + 1):
-        lower = level
-        nxt = ()
-        for q in tl.static_range(NUM_KNOTS - 1 - k):
-            left = (x - knots[q]) / (knots[q + k] - knots[q]) * level[q]
-            right = (knots[q + k + 1] - x) / (knots[q + k + 1] - knots[q + 1]) * level[q + 1]
-            nxt = nxt + (left + right,)
-        level = nxt
-    return level, lower, knots
+    m = tl.full(x.shape, -1, tl.int32)
+    for q in tl.static_range(NUM_KNOTS):
+        m += (x >= knots[q]).to(tl.int32)
+    near = ()
+    for o in tl.static_range(2 * ORDER + 2):
+        t = tl.zeros(x.shape, tl.float32)
+        for q in tl.static_range(NUM_KNOTS):
+            t = tl.where(m + (o - ORDER) == q, knots[q], t)
+        near = near + (t,)
+    # de Boor: level d holds B_{m-d+r, d}, r = 0..d; each is built from the two of level d - 1 it blends
+    bases = (tl.full(x.shape, 1.0, tl.float32),)
+    lower = bases
+    for d in tl.static_range(1, ORDER + 1):
+        lower = bases
+        carried = tl.zeros(x.shape, tl.float32)
+        level = ()
+        for r in tl.static_range(d):
+            t_hi = near[ORDER + r + 1]
+            t_lo = near[ORDER + 1 - d + r]
+            share = lower[r] / (t_hi - t_lo)
+            level = level + (carried + (t_hi - x) * share,)
+            carried = (x - t_lo) * share
+        bases = level + (carried,)
+    return m, bases, lower, near
+
+
+@triton.jit
+def _pick(m, values, j, ORDER: tl.constexpr):
+    """Basis j of the tile: the value of ``values`` (indexed m - ORDER + r) whose index is j, else 0."""
+    out = tl.zeros(m.shape, tl.float32)
+    for r in tl.static_range(ORDER + 1):
+        out = tl.where(m - ORDER + r == j, values[r], out)
+    return out
 
 
 @triton.jit
@@ -55,13 +93,13 @@ def _fwd_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for i0 in range(0, IN, BLOCK_I):
         offs_i = i0 + tl.arange(0, BLOCK_I)
-        bases, _, _ = _bases(X, GRID, offs_m, offs_i, M, IN, stride_xm, stride_xi, stride_gi, stride_gq,
-                             NUM_KNOTS, ORDER)
+        m, bases, _, _ = _local_bases(X, GRID, offs_m, offs_i, M, IN, stride_xm, stride_xi, stride_gi, stride_gq,
+                                      NUM_KNOTS, ORDER)
         w_ptr = W + offs_i[:, None] * stride_wi + offs_n[None, :] * stride_wo
         w_mask = (offs_i[:, None] < IN) & (offs_n[None, :] < OUT)
         for j in tl.static_range(NUM_KNOTS - 1 - ORDER):
             w = tl.load(w_ptr + j * stride_wj, mask=w_mask, other=0.0)
-            acc += tl.dot(bases[j].to(w.dtype), w)
+            acc += tl.dot(_pick(m, bases, j, ORDER).to(w.dtype), w)
     tl.store(Y + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yo, acc.to(Y.dtype.element_ty),
              mask=(offs_m[:, None] < M) & (offs_n[None, :] < OUT))
 
@@ -76,12 +114,17 @@ def _bwd_dx_kernel(
 ):
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_i = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
-    _, lower, knots = _bases(X, GRID, offs_m, offs_i, M, IN, stride_xm, stride_xi, stride_gi, stride_gq,
-                             NUM_KNOTS, ORDER)
+    m, _, lower, near = _local_bases(X, GRID, offs_m, offs_i, M, IN, stride_xm, stride_xi, stride_gi, stride_gq,
+                                     NUM_KNOTS, ORDER)
+    # dB_{m-ORDER+r}/dx, r = 0..ORDER, from the order ORDER - 1 bases (lower[r] is B_{m-ORDER+1+r})
     dbases = ()
-    for j in tl.static_range(NUM_KNOTS - 1 - ORDER):
-        dbases = dbases + (ORDER * (lower[j] / (knots[j + ORDER] - knots[j])
-                                    - lower[j + 1] / (knots[j + ORDER + 1] - knots[j + 1])),)
+    for r in tl.static_range(ORDER + 1):
+        d = tl.zeros(m.shape, tl.float32)
+        if r > 0:
+            d += lower[r - 1] / (near[ORDER + r] - near[r])
+        if r < ORDER:
+            d -= lower[r] / (near[ORDER + r + 1] - near[r + 1])
+        dbases = dbases + (ORDER * d,)
     acc = tl.zeros((BLOCK_M, BLOCK_I), dtype=tl.float32)
     for n0 in range(0, OUT, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
@@ -90,7 +133,7 @@ def _bwd_dx_kernel(
         wt_mask = (offs_n[:, None] < OUT) & (offs_i[None, :] < IN)
         for j in tl.static_range(NUM_KNOTS - 1 - ORDER):
             wt = tl.load(wt_ptr + j * stride_wj, mask=wt_mask, other=0.0)
-            acc += tl.dot(dy.to(wt.dtype), wt) * dbases[j]
+            acc += tl.dot(dy.to(wt.dtype), wt) * _pick(m, dbases, j, ORDER)
     tl.store(DX + offs_m[:, None] * stride_dxm + offs_i[None, :] * stride_dxi, acc.to(DX.dtype.element_ty),
              mask=(offs_m[:, None] < M) & (offs_i[None, :] < IN))
 
@@ -108,13 +151,11 @@ def _bwd_dw_kernel(
     acc = tl.zeros((BLOCK_I, BLOCK_N), dtype=tl.float32)
     for m0 in range(0, M, BLOCK_M):
         offs_m = m0 + tl.arange(0, BLOCK_M)
-        bases, _, _ = _bases(X, GRID, offs_m, offs_i, M, IN, stride_xm, stride_xi, stride_gi, stride_gq,
-                             NUM_KNOTS, ORDER)
-        # the basis of this program's j (a runtime index into a compile-time tuple)
-        basis = tl.zeros((BLOCK_M, BLOCK_I), dtype=tl.float32)
-        for jj in tl.static_range(NUM_KNOTS - 1 - ORDER):
-            basis = tl.where(j == jj, bases[jj], basis)
-        acc = accumulate_basis_dy(acc, basis, DY, offs_m, offs_n, M, OUT, stride_dym, stride_dyo)
+        m, bases, _, _ = _local_bases(X, GRID, offs_m, offs_i, M, IN, stride_xm, stride_xi, stride_gi, stride_gq,
+                                      NUM_KNOTS, ORDER)
+        # rows past M read dY = 0 and add nothing
+        acc = accumulate_basis_dy(acc, _pick(m, bases, j, ORDER), DY, offs_m, offs_n, M, OUT, stride_dym,
+                                  stride_dyo)
     store_weight_grad(DW, j, acc, offs_i, offs_n, IN, OUT, stride_dwj, stride_dwi, stride_dwo)
 
 
@@ -124,11 +165,11 @@ class _BSplineKANMatmul(torch.autograd.Function):
         m, n_in = x.shape
         n_out = w.shape[2]
         y = torch.empty(m, n_out, device=x.device, dtype=w.dtype)
-        bm, bn, bi = gemm_blocks(x)
+        bm, bn, bi, _ = launch_blocks(x.is_cuda)
         _fwd_kernel[(triton.cdiv(m, bm), triton.cdiv(n_out, bn))](
             x, grid, w, y, m, n_in, n_out, x.stride(0), x.stride(1), grid.stride(0), grid.stride(1),
             w.stride(0), w.stride(1), w.stride(2), y.stride(0), y.stride(1),
-            NUM_KNOTS=grid.shape[1], ORDER=order, BLOCK_M=bm, BLOCK_N=bn, BLOCK_I=bi)
+            NUM_KNOTS=grid.shape[1], ORDER=order, BLOCK_M=bm, BLOCK_N=bn, BLOCK_I=bi, num_warps=NUM_WARPS)
         ctx.save_for_backward(x, grid, w)
         ctx.order = order
         return y
@@ -138,20 +179,20 @@ class _BSplineKANMatmul(torch.autograd.Function):
         x, grid, w = ctx.saved_tensors
         m, n_in = x.shape
         n_out = w.shape[2]
-        bm, bn, bi = gemm_blocks(x)
-        common = dict(NUM_KNOTS=grid.shape[1], ORDER=ctx.order, BLOCK_M=bm, BLOCK_N=bn, BLOCK_I=bi)
+        bm, bn, bi, bi_dw = launch_blocks(x.is_cuda)
+        common = dict(NUM_KNOTS=grid.shape[1], ORDER=ctx.order, BLOCK_M=bm, BLOCK_N=bn, num_warps=NUM_WARPS)
         dx = dw = None
         if ctx.needs_input_grad[0]:
             dx = torch.empty_like(x)
             _bwd_dx_kernel[(triton.cdiv(m, bm), triton.cdiv(n_in, bi))](
                 x, grid, w, dy, dx, m, n_in, n_out, x.stride(0), x.stride(1), grid.stride(0), grid.stride(1),
                 w.stride(0), w.stride(1), w.stride(2), dy.stride(0), dy.stride(1), dx.stride(0), dx.stride(1),
-                **common)
+                BLOCK_I=bi, **common)
         if ctx.needs_input_grad[2]:
             dw = torch.empty(w.shape, device=w.device, dtype=torch.float32)
-            _bwd_dw_kernel[(triton.cdiv(n_in, bi), triton.cdiv(n_out, bn), w.shape[0])](
+            _bwd_dw_kernel[(triton.cdiv(n_in, bi_dw), triton.cdiv(n_out, bn), w.shape[0])](
                 x, grid, dy, dw, m, n_in, n_out, x.stride(0), x.stride(1), grid.stride(0), grid.stride(1),
-                dy.stride(0), dy.stride(1), dw.stride(0), dw.stride(1), dw.stride(2), **common)
+                dy.stride(0), dy.stride(1), dw.stride(0), dw.stride(1), dw.stride(2), BLOCK_I=bi_dw, **common)
             dw = dw.to(w.dtype)
         return dx, None, dw, None
 

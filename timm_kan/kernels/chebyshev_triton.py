@@ -140,7 +140,7 @@ class _ChebyshevKANMatmul(torch.autograd.Function):
         n_out = w.shape[2]
         degree = w.shape[0] - 1
         y = torch.empty(m, n_out, device=x.device, dtype=w.dtype)
-        bm, bn, bi = gemm_blocks(x)
+        bm, bn, bi = gemm_blocks(x.is_cuda)
         grid = (triton.cdiv(m, bm), triton.cdiv(n_out, bn))
         _fwd_kernel[grid](
             x, w, y, m, n_in, n_out, x.stride(0), x.stride(1), w.stride(0), w.stride(1), w.stride(2),
@@ -154,7 +154,7 @@ class _ChebyshevKANMatmul(torch.autograd.Function):
         m, n_in = x.shape
         n_out = w.shape[2]
         degree = w.shape[0] - 1
-        bm, bn, bi = gemm_blocks(x)
+        bm, bn, bi = gemm_blocks(x.is_cuda)
         dx = dw = None
         if ctx.needs_input_grad[0]:
             dx = torch.empty_like(x)
