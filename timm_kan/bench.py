@@ -114,6 +114,10 @@ def _time(fn: Callable[[], Any], device: torch.device, warmup: int, reps: int) -
     return statistics.median(times)
 
 
+def _device_and_dtype(device: Optional[str], dtype: str) -> Tuple[torch.device, torch.dtype]:
+    return torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu')), getattr(torch, dtype)
+
+
 def _release(dev: torch.device) -> None:
     if dev.type == 'cuda':
         torch.cuda.synchronize(dev)
@@ -131,8 +135,7 @@ def bench_ffn(
     """
     from .kernels import triton_available
 
-    dev = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    amp_dtype = getattr(torch, dtype)
+    dev, amp_dtype = _device_and_dtype(device, dtype)
     use_amp = amp_dtype != torch.float32
     fused_ok = dev.type == 'cuda' and triton_available()
     variants = _ffn_variants(dim, hidden, degree, fused_ok)
@@ -223,8 +226,7 @@ def bench_training(
 ) -> List[Dict[str, Any]]:
     """Training images/s (AdamW, autocast) for each model, and the ratio to the first plain ViT in the list.
     A model that runs out of memory gets no figures and the note ``out of memory``."""
-    dev = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    amp_dtype = getattr(torch, dtype)
+    dev, amp_dtype = _device_and_dtype(device, dtype)
     rows = []
     for name in models:
         rate = _training_rate(name, batch_size, img_size, amp_dtype, dev, steps, warmup, model_kwargs or {})
@@ -242,8 +244,7 @@ def bench_paths(
 ) -> List[Dict[str, Any]]:
     """Training images/s of each KAN-ViT with its fused kernels (``kan_fused=True``) and with the PyTorch
     reference (``kan_fused=False``), and their ratio (> 1: the kernels are faster)."""
-    dev = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    amp_dtype = getattr(torch, dtype)
+    dev, amp_dtype = _device_and_dtype(device, dtype)
     rows = []
     for name in models:
         rates = {path: _training_rate(name, batch_size, img_size, amp_dtype, dev, steps, warmup,

@@ -95,10 +95,8 @@ def _fwd_kernel(
         offs_i = i0 + tl.arange(0, BLOCK_I)
         m, bases, _, _ = _local_bases(X, GRID, offs_m, offs_i, M, IN, stride_xm, stride_xi, stride_gi, stride_gq,
                                       NUM_KNOTS, ORDER)
-        w_ptr = W + offs_i[:, None] * stride_wi + offs_n[None, :] * stride_wo
-        w_mask = (offs_i[:, None] < IN) & (offs_n[None, :] < OUT)
         for j in tl.static_range(NUM_KNOTS - 1 - ORDER):
-            w = tl.load(w_ptr + j * stride_wj, mask=w_mask, other=0.0)
+            w = load_tile(W + j * stride_wj, offs_i, offs_n, IN, OUT, stride_wi, stride_wo)
             acc += tl.dot(_pick(m, bases, j, ORDER).to(w.dtype), w)
     tl.store(Y + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yo, acc.to(Y.dtype.element_ty),
              mask=(offs_m[:, None] < M) & (offs_n[None, :] < OUT))
@@ -129,10 +127,8 @@ def _bwd_dx_kernel(
     for n0 in range(0, OUT, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         dy = load_tile(DY, offs_m, offs_n, M, OUT, stride_dym, stride_dyo)
-        wt_ptr = W + offs_n[:, None] * stride_wo + offs_i[None, :] * stride_wi
-        wt_mask = (offs_n[:, None] < OUT) & (offs_i[None, :] < IN)
         for j in tl.static_range(NUM_KNOTS - 1 - ORDER):
-            wt = tl.load(wt_ptr + j * stride_wj, mask=wt_mask, other=0.0)
+            wt = load_tile(W + j * stride_wj, offs_n, offs_i, OUT, IN, stride_wo, stride_wi)
             acc += tl.dot(dy.to(wt.dtype), wt) * _pick(m, dbases, j, ORDER)
     tl.store(DX + offs_m[:, None] * stride_dxm + offs_i[None, :] * stride_dxi, acc.to(DX.dtype.element_ty),
              mask=(offs_m[:, None] < M) & (offs_i[None, :] < IN))

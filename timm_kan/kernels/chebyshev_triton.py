@@ -45,20 +45,18 @@ def _fwd_kernel(
     for i0 in range(0, IN, BLOCK_I):
         offs_i = i0 + tl.arange(0, BLOCK_I)
         t = _load_tanh(X, offs_m, offs_i, M, IN, stride_xm, stride_xi)
-        w_ptr = W + offs_i[:, None] * stride_wi + offs_n[None, :] * stride_wo
-        w_mask = (offs_i[:, None] < IN) & (offs_n[None, :] < OUT)
         # T_0 = 1: masked-out inputs meet zero weights, so they add nothing
-        w = tl.load(w_ptr, mask=w_mask, other=0.0)
+        w = load_tile(W, offs_i, offs_n, IN, OUT, stride_wi, stride_wo)
         t_prev = tl.full((BLOCK_M, BLOCK_I), 1.0, tl.float32)
         acc += tl.dot(t_prev.to(w.dtype), w)
         t_cur = t
-        w = tl.load(w_ptr + stride_wk, mask=w_mask, other=0.0)
+        w = load_tile(W + stride_wk, offs_i, offs_n, IN, OUT, stride_wi, stride_wo)
         acc += tl.dot(t_cur.to(w.dtype), w)
         for k in tl.static_range(2, DEGREE + 1):
             t_next = 2.0 * t * t_cur - t_prev
             t_prev = t_cur
             t_cur = t_next
-            w = tl.load(w_ptr + k * stride_wk, mask=w_mask, other=0.0)
+            w = load_tile(W + k * stride_wk, offs_i, offs_n, IN, OUT, stride_wi, stride_wo)
             acc += tl.dot(t_cur.to(w.dtype), w)
     y_mask = (offs_m[:, None] < M) & (offs_n[None, :] < OUT)
     tl.store(Y + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yo, acc.to(Y.dtype.element_ty), mask=y_mask)
@@ -80,10 +78,8 @@ def _bwd_dx_kernel(
         offs_n = n0 + tl.arange(0, BLOCK_N)
         dy = load_tile(DY, offs_m, offs_n, M, OUT, stride_dym, stride_dyo)
         # W_k^T tile: (BLOCK_N, BLOCK_I)
-        wt_ptr = W + offs_n[:, None] * stride_wo + offs_i[None, :] * stride_wi
-        wt_mask = (offs_n[:, None] < OUT) & (offs_i[None, :] < IN)
         # k = 1: T'_1 = 1
-        wt = tl.load(wt_ptr + stride_wk, mask=wt_mask, other=0.0)
+        wt = load_tile(W + stride_wk, offs_n, offs_i, OUT, IN, stride_wo, stride_wi)
         acc += tl.dot(dy.to(wt.dtype), wt)
         t_prev = tl.full((BLOCK_M, BLOCK_I), 1.0, tl.float32)
         t_cur = t
@@ -96,7 +92,7 @@ def _bwd_dx_kernel(
             d_cur = d_next
             t_prev = t_cur
             t_cur = t_next
-            wt = tl.load(wt_ptr + k * stride_wk, mask=wt_mask, other=0.0)
+            wt = load_tile(W + k * stride_wk, offs_n, offs_i, OUT, IN, stride_wo, stride_wi)
             acc += tl.dot(dy.to(wt.dtype), wt) * d_cur
     dx = acc * (1.0 - t * t)
     tl.store(DX + offs_m[:, None] * stride_dxm + offs_i[None, :] * stride_dxi, dx.to(DX.dtype.element_ty),
