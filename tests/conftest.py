@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from PIL import Image
 
 import timm_kan  # noqa: F401  registers the models
 
@@ -88,3 +89,20 @@ def vit_checkpoint(tmp_path) -> Dict[str, object]:
     np.savez(files['npz'], **vit_to_npz_arrays(state, SMALL['depth']))
     np.savez(files['npz_pre_logits'], **vit_to_npz_arrays(state, SMALL['depth'], pre_logits=True))
     return dict(vit=vit, state=state, files={k: Path(v) for k, v in files.items()})
+
+
+COLORS = {'red': (220, 30, 30), 'green': (30, 200, 40), 'blue': (40, 50, 230)}
+
+
+@pytest.fixture(scope='module')
+def color_folder(tmp_path_factory) -> Path:
+    """Three classes of noisy solid-colour 20x20 images, one folder per class, and one broken file."""
+    root = tmp_path_factory.mktemp('colors')
+    rng = np.random.RandomState(0)
+    for name, rgb in COLORS.items():
+        (root / name).mkdir()
+        for i in range(15):
+            img = np.clip(np.array(rgb) + rng.randint(-25, 25, size=(20, 20, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(root / name / f'{i:02d}.png')
+    (root / 'red' / 'broken.png').write_bytes(b'not an image')
+    return root

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from timm_kan import count_parameters, freeze
+from timm_kan import apply_freeze_policy, count_parameters
 from timm_kan.layers import GroupRational, GRKANMlp, RBFKANLinear
 
 from conftest import SMALL
@@ -96,7 +96,8 @@ def test_rbf_layer_matches_formula_and_gradcheck(basis):
     x = torch.randn(7, 3, dtype=torch.float64)
     z = (layer.norm(x)[..., None] - torch.linspace(-2, 2, 5, dtype=torch.float64)) / 1.0
     phi = torch.exp(-z ** 2) if basis == 'gaussian' else 1 - torch.tanh(z) ** 2
-    expected = phi.flatten(1) @ layer.spline.weight.T + layer.bias + nn.functional.silu(x) @ layer.base.weight.T
+    expected = (phi.flatten(1) @ layer.spline_weight.flatten(1).T + layer.bias
+                + nn.functional.silu(x) @ layer.base.weight.T)
     torch.testing.assert_close(layer(x), expected)
     assert torch.autograd.gradcheck(layer, (x.clone().requires_grad_(),))
 
@@ -189,5 +190,5 @@ def test_grkan_head_freeze_is_refused_for_fresh_rationals(vit_checkpoint, tmp_pa
     model = timm.create_model('grkan_vit_t16', pretrained=True, num_classes=7, pretrained_cfg_overlay=overlay,
                               freeze='none', **SMALL)
     with pytest.raises(ValueError, match='freshly initialised'):
-        freeze(model, 'head')
+        apply_freeze_policy(model, 'head')
     assert math.isclose(count_parameters(model)['trainable'], count_parameters(model)['total'])

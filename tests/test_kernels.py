@@ -1,12 +1,15 @@
 """Fused Triton kernels against the PyTorch reference: values and gradients (CPU: Triton's interpreter)."""
+import warnings
+
 import pytest
 import torch
 from torch import nn
 
 from timm_kan import kernels
-from timm_kan.layers import ChebyshevKANLinear, KANMlp
+from timm_kan.layers import BSplineKANLinear, ChebyshevKANLinear, GroupRational, KANMlp
 
 triton = pytest.importorskip('triton')
+from timm_kan.kernels import bspline_triton, chebyshev_triton, rational_triton  # noqa: E402  needs triton
 DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 
 
@@ -90,7 +93,6 @@ def test_kan_mlp_fused_option_reaches_the_layers():
 
 @pytest.mark.parametrize('order,grid', [(3, 5), (1, 3), (2, 6)])
 def test_fused_bspline_matches_reference_on_adapted_knots(order, grid):
-    from timm_kan.layers import BSplineKANLinear
     torch.manual_seed(0)
     ref = BSplineKANLinear(20, 24, grid_size=grid, spline_order=order, bias=True, fused=False).to(DEVICE)
     ref.update_grid(torch.randn(200, 20, device=DEVICE) * 0.7)  # non-uniform knots
@@ -223,7 +225,6 @@ def test_kernels_compile_for_hopper_with_tensor_core_instructions():
 
 @pytest.mark.parametrize('shape,groups', [((3, 7, 32), 4), ((19, 24), 8)])
 def test_fused_group_rational_matches_reference(shape, groups):
-    from timm_kan.layers import GroupRational
     torch.manual_seed(0)
     ref = GroupRational(shape[-1], groups, 'gelu', fused=False).to(DEVICE)
     with torch.no_grad():
@@ -244,3 +245,110 @@ def test_fused_group_rational_matches_reference(shape, groups):
     torch.testing.assert_close(fused.numerator.grad, ref.numerator.grad, rtol=1e-4, atol=1e-3)
     torch.testing.assert_close(fused.denominator.grad, ref.denominator.grad, rtol=1e-4, atol=1e-3)
     assert ref.denominator.grad[0, 0] != 0
+
+
+# ---- capability gating and the first-use self-check (interpreted on CPU, capabilities faked) ----
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """CPU tensors look like a device of compute capability 9.0; the kernels run through the interpreter."""
+    if torch.cuda.is_available():
+        pytest.skip('fakes a GPU on CPU tensors')
+    monkeypatch.setenv('TRITON_INTERPRET', '1')
+    monkeypatch.setattr(kernels, 'device_capability', lambda x: (9, 0))
+    monkeypatch.setattr(kernels, '_CHECKED', {})
+    calls = []
+    original = kernels.check_kernel
+    monkeypatch.setattr(kernels, 'check_kernel', lambda *a: calls.append(a[0]) or original(*a))
+    return calls
+
+
+@pytest.mark.parametrize('capability,dtype,reason', [
+    ((7, 5), torch.float32, 'compute capability 7.5 is below 8.0'),
+    ((9, 0), torch.float64, 'torch.float64 is not computed by the kernels'),
+    ((8, 0), torch.bfloat16, None),
+    (None, torch.float32, 'on a cpu tensor'),
+])
+def test_gating_rules_with_faked_capabilities(monkeypatch, capability, dtype, reason):
+    monkeypatch.setattr(kernels, 'device_capability', lambda x: capability)
+    monkeypatch.delenv('TRITON_INTERPRET', raising=False)
+    monkeypatch.setenv(kernels.SELF_CHECK_ENV, '0')
+    x = torch.zeros(4, 8, dtype=dtype)
+    found = kernels.unsupported_reason(x)
+    assert (found is None) if reason is None else (reason in found)
+    assert kernels.use_fused(x, None, 'chebyshev') is (reason is None)
+    if reason is not None:
+        with pytest.raises(RuntimeError, match=f'fused=True.*{reason}'):
+            kernels.use_fused(x, True, 'chebyshev')
+
+
+def test_gating_follows_the_autocast_dtype(monkeypatch):
+    monkeypatch.setattr(kernels, 'device_capability', lambda x: (9, 0))
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert kernels.compute_dtype(torch.zeros(2, dtype=torch.float64)) == torch.bfloat16
+    assert 'float64' in kernels.unsupported_reason(torch.zeros(2, dtype=torch.float64))
+
+
+def test_correct_kernel_passes_once_and_is_not_rechecked(fake_gpu):
+    torch.manual_seed(0)
+    layer = ChebyshevKANLinear(16, 24, degree=3)  # fused=None: the default path
+    reference = ChebyshevKANLinear(16, 24, degree=3, fused=False)
+    reference.load_state_dict(layer.state_dict())
+    x = torch.randn(2, 5, 16)
+    state = torch.get_rng_state()
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        y = layer(x)
+        layer(x)
+    assert fake_gpu == ['chebyshev'] and torch.equal(torch.get_rng_state(), state)
+    result = kernels._CHECKED[('chebyshev', torch.float32, (9, 0))]
+    assert result.ok and result.max_error < kernels.SELF_CHECK_TOLERANCE[torch.float32]
+    torch.testing.assert_close(y, reference(x), rtol=TOL, atol=TOL)
+
+
+@pytest.mark.parametrize('fault', ['wrong', 'raises'])
+@pytest.mark.parametrize('kernel', ['chebyshev', 'bspline', 'rational'])
+def test_broken_kernel_warns_and_falls_back_to_the_reference(fake_gpu, monkeypatch, kernel, fault):
+    module = {'chebyshev': chebyshev_triton, 'bspline': bspline_triton, 'rational': rational_triton}[kernel]
+    entry = {'chebyshev': 'chebyshev_kan_matmul', 'bspline': 'bspline_kan_matmul', 'rational': 'group_rational'}
+    original = getattr(module, entry[kernel])
+
+    def broken(*args):
+        if fault == 'raises':
+            raise RuntimeError('PTX compile failed: out of shared memory')
+        return original(*args) * 2
+
+    monkeypatch.setattr(module, entry[kernel], broken)
+    torch.manual_seed(0)
+    make = {'chebyshev': lambda f: ChebyshevKANLinear(16, 24, fused=f),
+            'bspline': lambda f: BSplineKANLinear(16, 24, fused=f),
+            'rational': lambda f: GroupRational(16, groups=4, init='gelu', fused=f)}[kernel]
+    layer, reference = make(None), make(False)
+    reference.load_state_dict(layer.state_dict())
+    x = torch.randn(2, 5, 16)
+    with pytest.warns(RuntimeWarning, match=f'fused {kernel} kernel failed its first-use check') as record:
+        y = layer(x)
+    message = str(record[0].message)
+    assert ('out of shared memory' in message) if fault == 'raises' else ('max relative difference' in message)
+    assert torch.equal(y, reference(x))
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # once per process: no second warning, no second check
+        assert torch.equal(layer(x), reference(x))
+    assert fake_gpu == [kernel]
+
+
+def test_self_check_can_be_turned_off(fake_gpu, monkeypatch):
+    monkeypatch.setenv(kernels.SELF_CHECK_ENV, '0')
+    ChebyshevKANLinear(16, 24)(torch.randn(3, 16))
+    assert fake_gpu == []
+
+
+def test_self_test_table_and_bench_check(fake_gpu, capsys):
+    rows = kernels.self_test('cpu')
+    assert sorted(r.kernel for r in rows) == ['bspline', 'chebyshev', 'rational']  # float32 only on CPU
+    assert all(r.dtype == 'float32' and r.ok and r.max_error < 1e-2 for r in rows), rows
+    from timm_kan.cli import main as cli_main
+    assert cli_main(['bench', '--check', '--device', 'cpu']) == 0
+    out = capsys.readouterr().out
+    assert '| kernel | dtype | device | ok | max error | reason |' in out
+    assert '| chebyshev | float32 | cpu | yes |' in out

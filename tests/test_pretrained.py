@@ -7,7 +7,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from timm_kan import CheckpointError, count_parameters, freeze
+from timm_kan import CheckpointError, apply_freeze_policy, count_parameters
 from timm_kan.cli import main as cli_main
 
 from conftest import SMALL, vit_to_npz_arrays
@@ -64,7 +64,7 @@ def test_freeze_policies_counts(vit_checkpoint):
     kan = _load('kan_vit_t16', vit_checkpoint['files']['safetensors'], freeze='none')
     total = count_parameters(kan)['total']
     assert count_parameters(kan)['trainable'] == total
-    counts = freeze(kan, 'backbone')
+    counts = apply_freeze_policy(kan, 'backbone')
     assert counts['trainable'] == counts['ffn'] + kan.head.weight.numel() + kan.head.bias.numel()
     assert counts['total'] == total
 
@@ -78,7 +78,7 @@ def test_head_policy_refuses_to_freeze_fresh_kan_layers(vit_checkpoint, kan_init
 def test_freeze_without_pretrained_weights_is_an_error():
     model = timm.create_model('chebykan_vit_t16', **SMALL)
     with pytest.raises(ValueError, match="none were loaded"):
-        freeze(model, 'backbone')
+        apply_freeze_policy(model, 'backbone')
 
 
 def test_kan_checkpoint_loads_untouched_and_head_policy_works(vit_checkpoint, tmp_path):
@@ -93,7 +93,7 @@ def test_kan_checkpoint_loads_untouched_and_head_policy_works(vit_checkpoint, tm
     assert count_parameters(loaded)['trainable'] == count_parameters(loaded)['total']  # nothing frozen by default
     for k, v in kan.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v), k
-    counts = freeze(loaded, 'head')
+    counts = apply_freeze_policy(loaded, 'head')
     assert counts['trainable'] == loaded.head.weight.numel() + loaded.head.bias.numel()
 
 
@@ -252,3 +252,28 @@ def test_convert_cli_reports_a_missing_checkpoint(tmp_path):
     with pytest.raises(SystemExit, match='checkpoint not found'):
         cli_main(['convert', '--model', 'kan_vit_t16', '--checkpoint', str(tmp_path / 'no.pth'), '--out',
                   str(tmp_path / 'o')])
+
+
+# ---- other ViT layouts through architecture kwargs ----
+
+@pytest.mark.parametrize('family', ['chebykan_vit', 'kan_vit', 'rbfkan_vit'])
+def test_dinov2_layout_with_layer_scale_and_patch_14_is_reproduced(tmp_path, family):
+    """A checkpoint in DINOv2's layout (layer scale ls1/ls2.gamma, patch 14, no head) adapts through the
+    architecture kwargs patch_size / init_values / img_size, and the KAN-ViT computes the same features."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    source = timm.create_model('vit_small_patch14_dinov2', depth=2, img_size=56, num_classes=0).eval()
+    with torch.no_grad():
+        for name, p in source.named_parameters():
+            if name.endswith('.gamma') or name.endswith('bias'):
+                p.normal_(0, 0.2)
+    assert {'blocks.0.ls1.gamma', 'blocks.1.ls2.gamma'} <= set(source.state_dict())
+    path = tmp_path / 'dinov2_small.safetensors'
+    save_file(source.state_dict(), str(path))
+    kan = timm.create_model(f'{family}_small_patch16_224', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
+                            patch_size=14, init_values=1e-5, img_size=56, depth=2, num_classes=0).eval()
+    x = torch.randn(3, 3, 56, 56)
+    with torch.no_grad():
+        assert (kan(x) - source(x)).abs().max().item() < 1e-5
+    assert torch.equal(kan.blocks[1].ls2.gamma, source.blocks[1].ls2.gamma)

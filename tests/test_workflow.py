@@ -17,23 +17,6 @@ from timm_kan.compare import TABLE_COLUMNS, suggest_batch_size
 from timm_kan.data import prepare_data
 
 TINY = ['--model-kwargs', 'img_size=16', 'patch_size=8', 'embed_dim=32', 'depth=1', 'num_heads=2']
-COLORS = {'red': (220, 30, 30), 'green': (30, 200, 40), 'blue': (40, 50, 230)}
-
-
-@pytest.fixture(scope='module')
-def color_folder(tmp_path_factory) -> Path:
-    """Three classes of noisy solid-colour 20x20 images, one folder per class, and one broken file."""
-    root = tmp_path_factory.mktemp('colors')
-    rng = np.random.RandomState(0)
-    for name, rgb in COLORS.items():
-        (root / name).mkdir()
-        for i in range(15):
-            img = np.clip(np.array(rgb) + rng.randint(-25, 25, size=(20, 20, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(img).save(root / name / f'{i:02d}.png')
-    (root / 'red' / 'broken.png').write_bytes(b'not an image')
-    return root
-
-
 def _compare(data, out, *extra):
     return cli_main(['compare', '--data', str(data), '--output', str(out), '--recipe', 'small', '--batch-size', '8',
                      '--no-progress', *extra])

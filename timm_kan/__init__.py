@@ -1,12 +1,12 @@
 """timm_kan: Kolmogorov-Arnold Network Vision Transformers for timm.
 
-``import timm_kan`` registers the ``kan_vit_*`` (B-spline KAN) and ``chebykan_vit_*`` (Chebyshev KAN)
-models with timm, so ``timm.create_model``, ``timm.list_models`` and timm's ``train.py``
-(``--device-modules timm_kan``) find them.
+``import timm_kan`` registers the ``kan_vit_*`` (B-spline), ``chebykan_vit_*`` (Chebyshev), ``rbfkan_vit_*``
+(RBF) and ``grkan_vit_*`` (group-rational, KAT) models with timm, so ``timm.create_model``,
+``timm.list_models`` and timm's ``train.py`` (``--device-modules timm_kan``) find them.
 """
 from .accounting import count_flops, count_parameters, model_summary
 from .hub import export_for_hub, push_to_hub
-from .layers import BSplineKANLinear, ChebyshevKANLinear, KANMlp
-from .models import CheckpointError, KANVisionTransformer, freeze
+from .layers import KAN_FAMILIES, BSplineKANLinear, ChebyshevKANLinear, GRKANMlp, KANMlp, RBFKANLinear
+from .models import CheckpointError, KANVisionTransformer, apply_freeze_policy
 
 __version__ = '0.1.0'

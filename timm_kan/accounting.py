@@ -34,12 +34,12 @@ def count_parameters(model: nn.Module) -> Dict[str, int]:
 
 
 def model_data_config(model: nn.Module) -> Dict[str, Any]:
-    """timm data config at the model's actual input size (``img_size=`` overrides included)."""
-    try:
-        from timm.data.model_config import resolve_input_data_config
-    except ImportError:  # timm < 1.0.31 resolves from the pretrained config only
-        from timm.data import resolve_data_config
-        return resolve_data_config({}, model=model)
+    """timm data config at the model's actual input size (``img_size=`` overrides included).
+
+    timm's ``resolve_model_data_config`` reads the pretrained config only (224 px for an ``img_size=28`` model);
+    ``resolve_input_data_config`` (timm 1.0.31, the floor) reads the built model.
+    """
+    from timm.data.model_config import resolve_input_data_config
     return resolve_input_data_config(model)
 
 

@@ -216,10 +216,6 @@ def _training_rate(
         _release(dev)
 
 
-def _is_kan(name: str) -> bool:
-    return name.startswith(('kan_', 'chebykan_', 'rbfkan_', 'grkan_'))
-
-
 def bench_training(
         models: Sequence[str], batch_size: int, img_size: Optional[int] = None, dtype: str = 'bfloat16',
         device: Optional[str] = None, steps: int = 10, warmup: int = 3, model_kwargs: Optional[Dict] = None,
@@ -232,7 +228,8 @@ def bench_training(
         rate = _training_rate(name, batch_size, img_size, amp_dtype, dev, steps, warmup, model_kwargs or {})
         rows.append(dict(model=name, batch_size=batch_size, images_per_second=rate,
                          note='' if rate else 'out of memory'))
-    base = next((r for r in rows if not _is_kan(r['model']) and r['images_per_second']), None)
+    from .layers import family_of_model
+    base = next((r for r in rows if family_of_model(r['model']) is None and r['images_per_second']), None)
     for r in rows:
         r['vs_vit'] = r['images_per_second'] / base['images_per_second'] if base and r['images_per_second'] else None
     return rows
@@ -300,10 +297,8 @@ def _fmt(v: Any) -> str:
 
 
 def _table(rows: List[Dict[str, Any]]) -> str:
-    keys = list(rows[0])
-    lines = ['| ' + ' | '.join(keys) + ' |', '|' + '|'.join('---' for _ in keys) + '|']
-    lines += ['| ' + ' | '.join(_fmt(r[k]) for k in keys) + ' |' for r in rows]
-    return '\n'.join(lines)
+    from .io import markdown_table
+    return markdown_table(list(rows[0]), [[_fmt(r[k]) for k in rows[0]] for r in rows])
 
 
 def format_report(result: Dict[str, Any]) -> str:
@@ -328,12 +323,13 @@ def format_report(result: Dict[str, Any]) -> str:
     return '\n\n'.join(parts)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    import timm
+def _parser() -> argparse.ArgumentParser:
     from timm.utils import ParseKwargs
 
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(prog='timm-kan bench', description=__doc__.split('\n\n')[0])
+    p.add_argument('--check', action='store_true',
+                   help="run every fused kernel x dtype once against the reference and print the table (no timing)")
     p.add_argument('--tokens', type=int, default=12608 if cuda else 512, help='rows (batch x tokens)')
     p.add_argument('--dim', type=int, default=768 if cuda else 64)
     p.add_argument('--hidden', type=int, default=3072 if cuda else 256)
@@ -356,12 +352,31 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                    help='create_model kwargs for both training tables, key=value')
     p.add_argument('--steps', type=int, default=10 if cuda else 2, help='timed training steps per model')
     p.add_argument('--json', default=None, help='also write all numbers to this file')
-    args = p.parse_args(argv)
+    return p
+
+
+def _self_check_table(device: Optional[str]) -> str:
+    from .kernels import self_test
+
+    rows = self_test(device)
+    return _table([dict(kernel=r.kernel, dtype=r.dtype, device=r.device, ok=r.ok, max_error=r.max_error,
+                        reason=r.reason) for r in rows]).replace('| max_error |', '| max error |', 1)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    import timm
+
+    args = _parser().parse_args(argv)
+    if args.check:
+        table = _self_check_table(args.device)
+        print(table)
+        return dict(check=table)
     try:
         import triton
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
+    cuda = torch.cuda.is_available()
     result: Dict[str, Any] = dict(
         date=datetime.date.today().isoformat(),
         device=torch.cuda.get_device_name() if cuda and not args.device else (args.device or 'cpu'),

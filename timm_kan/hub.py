@@ -6,28 +6,34 @@ The folder written by :func:`export_for_hub` is exactly what :func:`push_to_hub`
 ``timm.create_model("hf-hub:ORG/NAME", pretrained=True)`` or ``"local-dir:PATH"``.
 """
 import json
-import re
+import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
-from timm.models import load_state_dict, push_to_hf_hub, save_for_hf
+from timm.models import load_state_dict, save_for_hf
 from timm.models._hub import generate_readme
 
 from .accounting import model_summary
+from .io import atomic_dir, write_json_atomic
+from .layers import KAN_FAMILIES
 
 __all__ = ['export_for_hub', 'push_to_hub', 'model_card', 'load_training_checkpoint', 'read_class_map',
            'validate_repo_id', 'model_from_checkpoint', 'class_names']
 
-_REPO_ID = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$')
-_KAN_TYPE_NAMES = {'chebyshev': 'Chebyshev KAN', 'bspline': 'B-spline KAN', 'rbf': 'RBF KAN',
-                   'rational': 'group-rational KAN'}
-
 
 def validate_repo_id(repo_id: str) -> str:
-    if not isinstance(repo_id, str) or not _REPO_ID.match(repo_id) or '..' in repo_id or repo_id.endswith('.git'):
-        raise ValueError(f'repo_id must look like ORG/NAME (letters, digits, "-", "_", "."), got {repo_id!r}')
+    """``repo_id`` if it is a Hub repository id of the form ORG/NAME (huggingface_hub's own rules), else ValueError."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id as hf_validate
+
+    try:
+        if not isinstance(repo_id, str) or repo_id.count('/') != 1:
+            raise HFValidationError('expected exactly one "/"')
+        hf_validate(repo_id)
+    except HFValidationError as e:
+        raise ValueError(f'repo_id must look like ORG/NAME (letters, digits, "-", "_", "."), got {repo_id!r}: '
+                         f'{e}') from None
     return repo_id
 
 
@@ -74,7 +80,7 @@ def model_card(
     details: Dict[str, Any] = {
         'Model Type': 'Image classification / feature backbone (KAN Vision Transformer)',
         'Architecture': arch,
-        'KAN type': _KAN_TYPE_NAMES.get(kan_type, kan_type or 'none'),
+        'KAN type': KAN_FAMILIES[kan_type].display if kan_type else 'none',
         'KAN options': {k: v for k, v in kan_args.items()} or 'none',
         'Params (M)': f"{summary['params_m']:.2f}",
         'GMACs x2 (GFLOPs)': f"{summary['gflops']:.2f}",
@@ -101,12 +107,19 @@ def model_card(
     }
 
 
-def _export_kwargs(model: nn.Module, label_names: Optional[Sequence[str]]) -> Dict[str, Any]:
-    _check_labels(model, label_names)
-    return dict(
-        model_config={'label_names': list(label_names)} if label_names else None,
-        safe_serialization=True,
-    )
+def _save_weights_and_config(model: nn.Module, out_dir: Path, label_names: Optional[Sequence[str]]) -> None:
+    """timm's ``save_for_hf`` with the resolved KAN options passed as ``model_args``; the load-time options
+    (``kan_init``, ``freeze``, ``pretrained_strict``) that timm recorded from ``create_model`` are taken out of
+    config.json: they said how the source checkpoint was adapted, not what the saved weights are."""
+    from .models.kan_vit import ADAPTER_KWARGS
+
+    architecture = model.architecture_args() if hasattr(model, 'architecture_args') else None
+    save_for_hf(model, out_dir, model_config={'label_names': list(label_names)} if label_names else None,
+                model_args=architecture, safe_serialization=True)
+    config_path = out_dir / 'config.json'
+    config = json.loads(config_path.read_text())
+    config['model_args'] = {k: v for k, v in config.get('model_args', {}).items() if k not in ADAPTER_KWARGS}
+    write_json_atomic(config_path, config)
 
 
 def export_for_hub(
@@ -118,11 +131,18 @@ def export_for_hub(
         dataset: Optional[str] = None,
         recipe: Optional[str] = None,
 ) -> Path:
-    """Write the folder that :func:`push_to_hub` uploads: config.json, model.safetensors, README.md."""
+    """Write the folder that :func:`push_to_hub` uploads: config.json, model.safetensors, README.md.
+
+    The folder appears whole or not at all (written beside it, then renamed); an existing one is replaced.
+    """
     out_dir = Path(out_dir)
-    save_for_hf(model, out_dir, **_export_kwargs(model, label_names))
+    _check_labels(model, label_names)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f'export folder {out_dir} is an existing file')
     card = model_card(model, repo_id, metrics=metrics, dataset=dataset, recipe=recipe)
-    (out_dir / 'README.md').write_text(generate_readme(card, repo_id.split('/')[-1]), encoding='utf-8')
+    with atomic_dir(out_dir, replace=True) as tmp:
+        _save_weights_and_config(model, tmp, label_names)
+        (tmp / 'README.md').write_text(generate_readme(card, repo_id.split('/')[-1]), encoding='utf-8')
     return out_dir
 
 
@@ -139,24 +159,30 @@ def push_to_hub(
         commit_message: str = 'Add KAN-ViT model',
         revision: Optional[str] = None,
 ) -> Any:
-    """Upload ``model`` with timm's ``push_to_hf_hub``; every check runs before anything is sent.
+    """Upload the folder :func:`export_for_hub` writes (as timm's ``push_to_hf_hub`` does: create the repository,
+    keep a model card it already has, upload the folder in one commit); every check runs before anything is sent.
 
     Raises:
         ValueError: malformed ``repo_id``, or ``label_names`` whose length differs from the head.
         RuntimeError: no token given or stored (``huggingface-cli login`` or ``HF_TOKEN``).
     """
-    from huggingface_hub import get_token
+    from huggingface_hub import HfApi, get_token
 
     validate_repo_id(repo_id)
-    kwargs = _export_kwargs(model, label_names)
+    _check_labels(model, label_names)
     token = token or get_token()
     if not token:
         raise RuntimeError(
             'no Hugging Face token: pass token=..., set HF_TOKEN, or run `huggingface-cli login` first')
-    card = model_card(model, repo_id, metrics=metrics, dataset=dataset, recipe=recipe)
-    return push_to_hf_hub(
-        model, repo_id, commit_message=commit_message, token=token, revision=revision, private=private,
-        model_card=card, **kwargs)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = export_for_hub(model, Path(tmp) / 'export', repo_id=repo_id, label_names=label_names,
+                                metrics=metrics, dataset=dataset, recipe=recipe)
+        api = HfApi(token=token, library_name='timm_kan')
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        if api.file_exists(repo_id=repo_id, filename='README.md', revision=revision):
+            (folder / 'README.md').unlink()
+        return api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision,
+                                 commit_message=commit_message)
 
 
 def load_training_checkpoint(
@@ -189,6 +215,16 @@ def load_training_checkpoint(
     return state_dict, meta
 
 
+def _check_architecture(model_name: str, arch: Optional[str], checkpoint: Union[str, Path]) -> None:
+    """A KAN-ViT checkpoint cannot become a plain ViT: say so instead of failing on its KAN options."""
+    from .layers import family_of_model
+
+    if arch and family_of_model(arch) is not None and family_of_model(model_name) is None \
+            and not model_name.startswith(('hf-hub:', 'local-dir:')):
+        raise ValueError(f'{checkpoint} holds a {arch} (a {family_of_model(arch).display} ViT), not a {model_name}: '
+                         f'pass --model {arch}')
+
+
 def model_from_checkpoint(
         model_name: str,
         checkpoint: Union[str, Path],
@@ -209,6 +245,7 @@ def model_from_checkpoint(
     from .models import architecture_kwargs
 
     state_dict, meta = load_training_checkpoint(checkpoint, use_ema=use_ema)
+    _check_architecture(model_name, meta.get('arch'), checkpoint)
     kwargs = architecture_kwargs(model_name, dict(meta['model_args'], **(model_kwargs or {})))
     if num_classes is not None:
         kwargs['num_classes'] = num_classes

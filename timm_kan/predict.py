@@ -47,21 +47,24 @@ def predict_images(
         class_names: Sequence[str],
         images: Sequence[Union[str, Path]],
         top_k: int = 5,
-) -> List[List[Tuple[str, float]]]:
-    """Top-k (class name, probability) per image."""
+) -> List[Union[List[Tuple[str, float]], str]]:
+    """Top-k (class name, probability) per image; for an image that cannot be read, a message saying why
+    (the other images are still predicted)."""
     from PIL import Image
 
     transform = create_transform(**model_data_config(model))
-    results = []
+    results: List[Union[List[Tuple[str, float]], str]] = []
     for path in images:
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f'image not found: {path}')
+            results.append(f'image not found: {path}')
+            continue
         try:
             with Image.open(path) as im:
                 x = transform(im.convert('RGB')).unsqueeze(0)
         except OSError as e:
-            raise ValueError(f'cannot read image {path}: {e}') from e
+            results.append(f'cannot read image {path}: {e}')
+            continue
         probs = model(x.to(next(model.parameters()).device)).softmax(-1)[0]
         p, idx = probs.topk(min(top_k, probs.numel()))
         results.append([(class_names[i], float(v)) for v, i in zip(p.tolist(), idx.tolist())])

@@ -7,13 +7,16 @@ from typing import List, Optional, Union
 import timm
 
 from .accounting import count_flops, count_parameters
-from .models.kan_vit import _ARCHS, KAN_FAMILIES
+from .io import markdown_table
+from .layers import KAN_FAMILIES
+from .models import ARCHS
 
 __all__ = ['mission_table', 'performance_section', 'registry_table', 'replace_block', 'update_readme']
 
-_DESIGNS = {'vit': 'MLP (timm ViT)', 'chebykan_vit': 'Chebyshev KAN, degree 3',
-            'kan_vit': 'B-spline KAN, grid 5, order 3', 'rbfkan_vit': 'RBF KAN, 8 Gaussians',
-            'grkan_vit': 'group-rational KAN, 8 groups'}
+_MLP_DESIGN = 'MLP (timm ViT)'
+# the bench's variant whose speed the mission table shows for each family
+_BENCH_VARIANT = {'chebyshev': 'chebyshev fused', 'bspline': 'bspline fused', 'rbf': 'rbf reference',
+                  'rational': 'group-rational fused'}
 
 
 def registry_table() -> str:
@@ -21,21 +24,19 @@ def registry_table() -> str:
 
     Models are built on the meta device (no memory, no weights); FLOPs come from FlopCounterMode.
     """
-    lines: List[str] = [
-        '| model | alias | FFN | params (M) | FFN params (M) | GFLOPs | pretrained tag |',
-        '|---|---|---|---|---|---|---|',
-    ]
-    for arch, (_, alias, hub_id, _) in _ARCHS.items():
-        for family in ('vit', *KAN_FAMILIES):
-            name = f'{family}_{arch}'
+    rows: List[List[str]] = []
+    for arch, (_, alias, hub_id, _) in ARCHS.items():
+        for family in (None, *KAN_FAMILIES.values()):
+            name = f'{family.prefix}_{arch}' if family else f'vit_{arch}'
             model = timm.create_model(name, num_classes=1000, device='meta')
             counts = count_parameters(model)
-            gflops = count_flops(model) / 1e9
-            tag = f'`.{hub_id.split(".", 1)[1]}`' if family != 'vit' else ''
-            short = f'`{family}_{alias}`' if family != 'vit' else ''
-            lines.append(f'| `{name}` | {short} | {_DESIGNS[family]} | {counts["total"] / 1e6:.1f} | '
-                         f'{counts["ffn"] / 1e6:.1f} | {gflops:.1f} | {tag} |')
-    return '\n'.join(lines)
+            rows.append([
+                f'`{name}`', f'`{family.prefix}_{alias}`' if family else '',
+                family.describe() if family else _MLP_DESIGN, f'{counts["total"] / 1e6:.1f}',
+                f'{counts["ffn"] / 1e6:.1f}', f'{count_flops(model) / 1e9:.1f}',
+                f'`.{hub_id.split(".", 1)[1]}`' if family else ''])
+    return markdown_table(
+        ('model', 'alias', 'FFN', 'params (M)', 'FFN params (M)', 'GFLOPs', 'pretrained tag'), rows)
 
 
 def mission_table(arch: str = 'base_patch16_224', bench_results: Optional[Union[str, Path]] = None) -> str:
@@ -45,19 +46,16 @@ def mission_table(arch: str = 'base_patch16_224', bench_results: Optional[Union[
     if bench_results:
         rows = json.loads(Path(bench_results).read_text())['ffn']
         speed = {r['variant']: r['fwd_bwd_vs_mlp'] for r in rows}
-    variant = {'chebykan_vit': 'chebyshev fused', 'kan_vit': 'bspline fused', 'rbfkan_vit': 'rbf reference',
-               'grkan_vit': 'group-rational fused'}
     vit = timm.create_model(f'vit_{arch}', num_classes=1000, device='meta')
     vit_params, vit_flops = count_parameters(vit)['total'], count_flops(vit)
-    lines = ['| family | FFN | params vs MLP | GFLOPs vs MLP | FFN fwd+bwd time vs MLP (GPU) |',
-             '|---|---|---|---|---|']
-    for family in KAN_FAMILIES:
-        model = timm.create_model(f'{family}_{arch}', num_classes=1000, device='meta')
-        ratio = speed.get(variant[family])
-        lines.append(f'| `{family}_*` | {_DESIGNS[family]} | {count_parameters(model)["total"] / vit_params:.2f}x | '
-                     f'{count_flops(model) / vit_flops:.2f}x | '
-                     f'{f"{ratio:.2f}x" if ratio else "not measured yet"} |')
-    return '\n'.join(lines)
+    rows = []
+    for family in KAN_FAMILIES.values():
+        model = timm.create_model(f'{family.prefix}_{arch}', num_classes=1000, device='meta')
+        ratio = speed.get(_BENCH_VARIANT[family.kan_type])
+        rows.append([f'`{family.prefix}_*`', family.describe(), f'{count_parameters(model)["total"] / vit_params:.2f}x',
+                     f'{count_flops(model) / vit_flops:.2f}x', f'{ratio:.2f}x' if ratio else 'not measured yet'])
+    return markdown_table(
+        ('family', 'FFN', 'params vs MLP', 'GFLOPs vs MLP', 'FFN fwd+bwd time vs MLP (GPU)'), rows)
 
 
 def performance_section(bench_results: Optional[Union[str, Path]] = None) -> str:

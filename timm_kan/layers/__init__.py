@@ -1,7 +1,8 @@
-"""Reusable KAN layers."""
+"""Reusable KAN layers, and the table of KAN families built on them."""
 from .base import BaseBranch
 from .bspline import BSplineKANLinear, b_spline_basis, uniform_knots
 from .chebyshev import ChebyshevKANLinear, chebyshev_basis
-from .kan_mlp import KAN_BASES, KAN_TYPES, KANMlp, default_kan_base
+from .families import KAN_FAMILIES, KAN_TYPES, KANFamily, design_name, family_of_model, family_of_type
+from .kan_mlp import KAN_BASES, KANMlp, check_family_options
 from .rational import RATIONAL_INITS, GroupRational, GRKANMlp
 from .rbf import RBF_BASES, RBFKANLinear, rbf_basis

@@ -1,12 +1,12 @@
 """Pieces shared by the KAN layers: the optional base branch and argument checks."""
 import math
-from typing import Tuple, Type
+from typing import Callable, Optional, Sequence, Tuple, Type
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ['BaseBranch', 'check_positive', 'check_range']
+__all__ = ['BaseBranch', 'KANLinearBase', 'check_positive', 'check_range', 'fused_check_case']
 
 
 def check_positive(name: str, value: int) -> None:
@@ -16,11 +16,30 @@ def check_positive(name: str, value: int) -> None:
 
 
 def check_range(name: str, value) -> Tuple[float, float]:
-    """``(low, high)`` as floats; a ValueError naming the option unless high > low."""
-    lo, hi = value
+    """``(low, high)`` as floats; a ValueError naming the option unless it is two finite numbers, high > low."""
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f'{name} must be two numbers (low, high), got {value!r}') from None
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f'{name} must have finite bounds, got {(lo, hi)}: an infinite grid has no knots')
     if not hi > lo:
-        raise ValueError(f'{name} must be (low, high) with high > low, got {tuple(value)}')
-    return float(lo), float(hi)
+        raise ValueError(f'{name} must be (low, high) with high > low, got {(lo, hi)}')
+    return lo, hi
+
+
+def fused_check_case(
+        factory: Callable[..., nn.Module], x_shape: Sequence[int], device: torch.device, x_scale: float = 2.0,
+) -> Tuple[nn.Module, nn.Module, torch.Tensor]:
+    """(fused, reference, input) for a kernel's first-use self-check: two modules with the same parameters, drawn
+    from N(0, 1) so that every term of the output (not only a dominant base branch) is checked; sizes that are
+    not multiples of the kernels' tiles exercise their masks."""
+    fused, reference = factory(fused=True, device=device), factory(fused=False, device=device)
+    with torch.no_grad():
+        for p in fused.parameters():
+            p.normal_()
+    reference.load_state_dict(fused.state_dict())
+    return fused, reference, torch.randn(*x_shape, device=device) * x_scale
 
 
 class BaseBranch(nn.Module):
@@ -45,3 +64,45 @@ class BaseBranch(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self.act(x), self.weight)
+
+
+class KANLinearBase(nn.Module):
+    """What every KAN linear layer shares: its widths, the optional base branch and output bias, and the
+    initialisation hooks. Subclasses add their coefficients and ``reset_coefficients``.
+
+    The layer computes ``y_o = sum_i phi_oi(x_i) + bias_o`` with ``phi_oi = basis expansion (+ base branch)``.
+    """
+
+    def __init__(
+            self,
+            in_features: int,
+            out_features: int,
+            base_activation: Optional[Type[nn.Module]],
+            bias: bool,
+            device=None,
+            dtype=None,
+    ) -> None:
+        super().__init__()
+        check_positive('in_features', in_features)
+        check_positive('out_features', out_features)
+        self.in_features = in_features
+        self.out_features = out_features
+        self.base = BaseBranch(in_features, out_features, base_activation, device, dtype) if base_activation else None
+        self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype)) if bias else None
+
+    def reset_coefficients(self) -> None:
+        raise NotImplementedError
+
+    def reset_base(self) -> None:
+        self.base.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.reset_coefficients()
+        if self.base is not None:
+            self.reset_base()
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def init_weights(self) -> None:
+        """Hook called by timm's ViT weight init (instead of its nn.Linear truncated normal)."""
+        self.reset_parameters()

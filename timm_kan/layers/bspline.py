@@ -10,6 +10,7 @@ Evaluated as a batch:
 where B(x) has G + k bases per input built by the Cox-de Boor recursion. Only k + 1 of them are
 non-zero for any x (local support), which the GPU kernels exploit; this module is the reference.
 """
+from functools import partial
 import math
 from typing import Optional, Tuple, Type
 
@@ -17,8 +18,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..kernels import use_fused
-from .base import BaseBranch, check_positive, check_range
+from ..kernels import register_check_case, use_fused
+from .base import KANLinearBase, check_positive, check_range, fused_check_case
 
 __all__ = ['BSplineKANLinear', 'b_spline_basis', 'uniform_knots']
 
@@ -87,7 +88,7 @@ def b_spline_basis(x: torch.Tensor, grid: torch.Tensor, spline_order: int) -> to
     return _BSplineBasis.apply(x.to(dtype), grid.to(dtype), spline_order)
 
 
-class BSplineKANLinear(nn.Module):
+class BSplineKANLinear(KANLinearBase):
     """KAN layer with B-spline edge functions and a base branch (efficient-KAN's parameterisation).
 
     Args:
@@ -120,56 +121,45 @@ class BSplineKANLinear(nn.Module):
             device=None,
             dtype=None,
     ) -> None:
-        super().__init__()
+        super().__init__(in_features, out_features, base_activation, bias, device, dtype)
         dd = {'device': device, 'dtype': dtype}
         self.fused = fused
-        check_positive('in_features', in_features)
-        check_positive('out_features', out_features)
         check_positive('grid_size', grid_size)
         check_positive('spline_order', spline_order)
         lo, hi = check_range('grid_range', grid_range)
-        self.in_features = in_features
-        self.out_features = out_features
         self.grid_size = grid_size
         self.spline_order = spline_order
         self.grid_range = (lo, hi)
         self.scale_noise = scale_noise
         self.scale_base = scale_base
         self.scale_spline = scale_spline
-        self.register_buffer('grid', uniform_knots(in_features, grid_size, spline_order, grid_range, device))
-        self.base = BaseBranch(in_features, out_features, base_activation, **dd) if base_activation else None
+        self.register_buffer('grid', uniform_knots(in_features, grid_size, spline_order, (lo, hi), device))
         self.spline_weight = nn.Parameter(torch.empty(out_features, in_features, grid_size + spline_order, **dd))
         self.spline_scaler = nn.Parameter(torch.empty(out_features, in_features, **dd))
-        self.bias = nn.Parameter(torch.empty(out_features, **dd)) if bias else None
         self.reset_parameters()
 
     @property
     def num_bases(self) -> int:
         return self.grid_size + self.spline_order
 
-    def reset_parameters(self) -> None:
+    def reset_coefficients(self) -> None:
         with torch.no_grad():
             self.grid.copy_(uniform_knots(
                 self.in_features, self.grid_size, self.spline_order, self.grid_range, self.grid.device))
-        if self.base is not None:
-            nn.init.kaiming_uniform_(self.base.weight, a=math.sqrt(5) * self.scale_base)
         # small random spline coefficients: the layer starts close to its base branch
         nn.init.uniform_(self.spline_weight, -0.5 * self.scale_noise / self.grid_size,
                          0.5 * self.scale_noise / self.grid_size)
         nn.init.kaiming_uniform_(self.spline_scaler, a=math.sqrt(5) * self.scale_spline)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
 
-    def init_weights(self) -> None:
-        """Hook called by timm's ViT weight init (instead of its nn.Linear truncated normal)."""
-        self.reset_parameters()
+    def reset_base(self) -> None:
+        nn.init.kaiming_uniform_(self.base.weight, a=math.sqrt(5) * self.scale_base)
 
     def scaled_spline_weight(self) -> torch.Tensor:
         """Effective spline coefficients, (out, in, grid_size + spline_order)."""
         return self.spline_weight * self.spline_scaler.unsqueeze(-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if use_fused(x, self.fused):
+        if use_fused(x, self.fused, 'bspline'):
             from ..kernels.bspline_triton import bspline_kan_matmul
             y = bspline_kan_matmul(x, self.grid, self.scaled_spline_weight(), self.spline_order)
             if self.bias is not None:
@@ -248,3 +238,7 @@ class BSplineKANLinear(nn.Module):
             f'spline_order={self.spline_order}, grid_range={self.grid_range}, base={self.base is not None}, '
             f'bias={self.bias is not None}'
         )
+
+
+# the kernels' first-use self-check problem (see timm_kan.kernels)
+register_check_case('bspline', partial(fused_check_case, partial(BSplineKANLinear, 20, 36), (2, 9, 20), x_scale=0.7))

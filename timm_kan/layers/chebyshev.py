@@ -10,14 +10,15 @@ T_k is built with the recurrence T_0 = 1, T_1 = t, T_{k+1} = 2 t T_k - T_{k-1}. 
 form cos(k * acos(tanh x)) has an infinite derivative once tanh rounds to +-1 (|x| >~ 3.5 in bf16,
 >~ 9 in fp32) and turns gradients into NaN; the recurrence is a polynomial in t and stays finite.
 """
+from functools import partial
 from typing import Optional, Type
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..kernels import use_fused
-from .base import BaseBranch, check_positive
+from ..kernels import register_check_case, use_fused
+from .base import KANLinearBase, check_positive, fused_check_case
 
 __all__ = ['ChebyshevKANLinear', 'chebyshev_basis']
 
@@ -35,7 +36,7 @@ def chebyshev_basis(x: torch.Tensor, degree: int) -> torch.Tensor:
     return torch.stack(polys, dim=-1).to(x.dtype)
 
 
-class ChebyshevKANLinear(nn.Module):
+class ChebyshevKANLinear(KANLinearBase):
     """KAN layer with Chebyshev-polynomial edge functions.
 
     Args:
@@ -59,34 +60,19 @@ class ChebyshevKANLinear(nn.Module):
             device=None,
             dtype=None,
     ) -> None:
-        super().__init__()
-        dd = {'device': device, 'dtype': dtype}
-        self.fused = fused
-        check_positive('in_features', in_features)
-        check_positive('out_features', out_features)
+        super().__init__(in_features, out_features, base_activation, bias, device, dtype)
         check_positive('degree', degree)
-        self.in_features = in_features
-        self.out_features = out_features
+        self.fused = fused
         self.degree = degree
-        self.coeffs = nn.Parameter(torch.empty(out_features, in_features, degree + 1, **dd))
-        self.base = BaseBranch(in_features, out_features, base_activation, **dd) if base_activation else None
-        self.bias = nn.Parameter(torch.empty(out_features, **dd)) if bias else None
+        self.coeffs = nn.Parameter(torch.empty(out_features, in_features, degree + 1, device=device, dtype=dtype))
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
+    def reset_coefficients(self) -> None:
         # std 1 / (in * (degree + 1)), as the published Chebyshev KAN initialises its coefficients
         nn.init.normal_(self.coeffs, mean=0.0, std=1.0 / (self.in_features * (self.degree + 1)))
-        if self.base is not None:
-            self.base.reset_parameters()
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
-
-    def init_weights(self) -> None:
-        """Hook called by timm's ViT weight init (instead of its nn.Linear truncated normal)."""
-        self.reset_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if use_fused(x, self.fused):
+        if use_fused(x, self.fused, 'chebyshev'):
             from ..kernels.chebyshev_triton import chebyshev_kan_matmul
             y = chebyshev_kan_matmul(x, self.coeffs)
             if self.bias is not None:
@@ -103,3 +89,7 @@ class ChebyshevKANLinear(nn.Module):
             f'in_features={self.in_features}, out_features={self.out_features}, degree={self.degree}, '
             f'base={self.base is not None}, bias={self.bias is not None}'
         )
+
+
+# the kernels' first-use self-check problem (see timm_kan.kernels)
+register_check_case('chebyshev', partial(fused_check_case, partial(ChebyshevKANLinear, 20, 36, degree=4), (2, 9, 20)))

@@ -1,29 +1,28 @@
 """KAN feed-forward block for timm's ViT ``Block``: two KAN layers in place of fc1 -> act -> fc2."""
-from typing import Optional, Tuple, Type
+from typing import Any, Optional, Type
 
 import torch
 from torch import nn
 
 from .base import check_positive
-from .bspline import BSplineKANLinear
-from .chebyshev import ChebyshevKANLinear
-from .rbf import RBFKANLinear
+from .families import family_of_type
 
-__all__ = ['KANMlp', 'KAN_TYPES', 'KAN_BASES', 'default_kan_base']
+__all__ = ['KANMlp', 'KAN_BASES', 'check_family_options']
 
-KAN_TYPES = ('chebyshev', 'bspline', 'rbf')
 # 'none': no base branch (published Chebyshev KAN); 'silu': SiLU base (efficient-KAN's B-spline);
 # 'mlp': identity base in layer 1 and the MLP activation in layer 2, with biases, so that copying
 # fc1/fc2 into the base weights and zeroing the KAN coefficients reproduces the MLP exactly.
 KAN_BASES = ('none', 'silu', 'mlp')
 
 
-def default_kan_base(kan_type: str) -> str:
-    return 'none' if kan_type == 'chebyshev' else 'silu'
-
-
-# the grid each basis is defined on unless grid_range is given
-_DEFAULT_GRID_RANGE = {'bspline': (-1.0, 1.0), 'rbf': (-2.0, 2.0)}
+def check_family_options(kan_type: str, options: dict, owner: str) -> None:
+    """Raise a ValueError naming each option ``kan_type``'s layers do not take, and the ones they do."""
+    family = family_of_type(kan_type)
+    for key in options:
+        if key not in family.layer_options:
+            note = f'; {family.notes[key]}' if key in family.notes else ''
+            raise ValueError(f'{owner}: {family.display} takes no option {key!r} '
+                             f'(its options: {", ".join(family.options)}){note}')
 
 
 class KANMlp(nn.Module):
@@ -37,15 +36,12 @@ class KANMlp(nn.Module):
         norm_layer: Set by timm when ``scale_mlp_norm`` is on; used as the between-layer norm.
         bias: timm's projection-bias flag; the KAN layers carry a bias only with ``kan_base='mlp'``.
         drop: Dropout after each KAN layer.
-        kan_type: ``'chebyshev'``, ``'bspline'`` or ``'rbf'``.
+        kan_type: A key of ``KAN_FAMILIES`` with KAN layers: ``'chebyshev'``, ``'bspline'`` or ``'rbf'``.
         kan_base: Base branch, one of ``KAN_BASES`` (default: the published form of ``kan_type``).
         kan_mid_norm: LayerNorm between the two KAN layers (bounds the second layer's inputs).
         kan_hidden: Overrides ``hidden_features``.
-        kan_fused: Triton kernel (True), PyTorch reference (False), or the kernel on CUDA (None);
-            Chebyshev and B-spline (RBF has no kernel).
-        degree: Chebyshev degree.
-        grid_size, spline_order, grid_range: B-spline grid (grid_size and grid_range also RBF's).
-        rbf_basis: RBF basis, 'gaussian' or 'rswaf'.
+        **layer_options: The family's own options (``KAN_FAMILIES[kan_type].layer_options``: degree,
+            grid_size, spline_order, grid_range, rbf_basis, kan_fused); any other name is an error.
     """
 
     def __init__(
@@ -63,51 +59,28 @@ class KANMlp(nn.Module):
             kan_base: Optional[str] = None,
             kan_mid_norm: bool = True,
             kan_hidden: Optional[int] = None,
-            kan_fused: Optional[bool] = None,
-            degree: int = 3,
-            grid_size: Optional[int] = None,
-            spline_order: int = 3,
-            grid_range: Optional[Tuple[float, float]] = None,
-            rbf_basis: str = 'gaussian',
-            **kwargs,  # arguments a newer timm Block may pass; the KAN block has no use for them
+            **layer_options: Any,
     ) -> None:
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        if kan_type not in KAN_TYPES:
-            raise ValueError(f'kan_type must be one of {KAN_TYPES}, got {kan_type!r}')
-        kan_base = kan_base or default_kan_base(kan_type)
+        family = family_of_type(kan_type)
+        if family.default_base is None:
+            raise ValueError(f'kan_type={kan_type!r} has no KAN layers; its block is {family.module.__name__}')
+        check_family_options(kan_type, layer_options, 'KANMlp')
+        kan_base = kan_base or family.default_base
         if kan_base not in KAN_BASES:
             raise ValueError(f'kan_base must be one of {KAN_BASES}, got {kan_base!r}')
-        if kan_fused and kan_type == 'rbf':
-            raise ValueError(
-                'kan_fused=True: there is no fused kernel for rbf KAN yet (chebyshev and bspline have one)')
-        out_features = out_features or in_features
         if kan_hidden is not None:
             check_positive('kan_hidden', kan_hidden)
             hidden_features = kan_hidden
         hidden_features = hidden_features or in_features
+        out_features = out_features or in_features
         self.kan_type = kan_type
         self.kan_base = kan_base
-        if grid_range is None:
-            grid_range = _DEFAULT_GRID_RANGE.get(kan_type)
-        if grid_size is None:
-            grid_size = 8 if kan_type == 'rbf' else 5
 
-        with_bias = bias and kan_base == 'mlp'
+        layer_kwargs = dict(family.layer_kwargs(layer_options), bias=bias and kan_base == 'mlp', **dd)
         base1, base2 = {'none': (None, None), 'silu': (nn.SiLU, nn.SiLU), 'mlp': (nn.Identity, act_layer)}[kan_base]
-
-        def make(i: int, o: int, base_activation: Optional[Type[nn.Module]]) -> nn.Module:
-            if kan_type == 'chebyshev':
-                return ChebyshevKANLinear(
-                    i, o, degree=degree, base_activation=base_activation, bias=with_bias, fused=kan_fused, **dd)
-            if kan_type == 'rbf':
-                return RBFKANLinear(i, o, grid_size=grid_size, basis=rbf_basis, grid_range=grid_range,
-                                    base_activation=base_activation, bias=with_bias, **dd)
-            return BSplineKANLinear(
-                i, o, grid_size=grid_size, spline_order=spline_order, grid_range=grid_range,
-                base_activation=base_activation, bias=with_bias, fused=kan_fused, **dd)
-
-        self.kan1 = make(in_features, hidden_features, base1)
+        self.kan1 = family.module(in_features, hidden_features, base_activation=base1, **layer_kwargs)
         self.drop1 = nn.Dropout(drop)
         if norm_layer is not None:
             self.norm = norm_layer(hidden_features, **dd)
@@ -115,7 +88,7 @@ class KANMlp(nn.Module):
             self.norm = nn.LayerNorm(hidden_features, **dd)
         else:
             self.norm = nn.Identity()
-        self.kan2 = make(hidden_features, out_features, base2)
+        self.kan2 = family.module(hidden_features, out_features, base_activation=base2, **layer_kwargs)
         self.drop2 = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

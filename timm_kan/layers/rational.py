@@ -10,13 +10,14 @@ package uses the form of KAT's GPU kernel, so that its checkpoints mean the same
 (The paper writes 1 + |sum b_i x^i|; KAT's CPU fallback 1 + sum |b_i| x^i can reach zero.) fc1/fc2 keep
 their names, so ViT weights load into them as they are.
 """
+from functools import partial
 from typing import Optional, Type
 
 import torch
 from torch import nn
 
-from ..kernels import use_fused
-from .base import check_positive
+from ..kernels import register_check_case, use_fused
+from .base import check_positive, fused_check_case
 
 __all__ = ['GroupRational', 'GRKANMlp', 'RATIONAL_INITS']
 
@@ -89,7 +90,7 @@ class GroupRational(nn.Module):
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         if shape[-1] != self.num_channels:
             raise ValueError(f'GroupRational expects {self.num_channels} channels, got {shape[-1]}')
-        if use_fused(x, self.fused):
+        if use_fused(x, self.fused, 'rational'):
             from ..kernels.rational_triton import group_rational
             return group_rational(x, self.numerator, self.denominator)
         xg = x.to(dtype).reshape(*shape[:-1], self.groups, shape[-1] // self.groups)
@@ -139,7 +140,6 @@ class GRKANMlp(nn.Module):
             kan_act_init: Optional[str] = None,
             kan_hidden: Optional[int] = None,
             kan_fused: Optional[bool] = None,
-            **kwargs,  # arguments a newer timm Block may pass; this block has no use for them
     ) -> None:
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
@@ -164,3 +164,8 @@ class GRKANMlp(nn.Module):
         x = self.fc1(self.drop1(self.act1(x)))
         x = self.drop2(self.norm(self.act2(x)))
         return self.fc2(x)
+
+
+# the kernels' first-use self-check problem (see timm_kan.kernels)
+register_check_case(
+    'rational', partial(fused_check_case, partial(GroupRational, 24, groups=4, init='gelu'), (2, 9, 24)))

@@ -10,13 +10,14 @@ optional SiLU base branch:
 
 Gradients come from autograd.
 """
+import math
 from typing import Optional, Type
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .base import BaseBranch, check_positive, check_range
+from .base import KANLinearBase, check_range
 
 __all__ = ['RBFKANLinear', 'RBF_BASES', 'rbf_basis']
 
@@ -31,7 +32,7 @@ def rbf_basis(x: torch.Tensor, centers: torch.Tensor, width: float, basis: str) 
     return 1 - torch.tanh(z) ** 2
 
 
-class RBFKANLinear(nn.Module):
+class RBFKANLinear(KANLinearBase):
     """KAN layer with radial-basis edge functions.
 
     Args:
@@ -42,6 +43,8 @@ class RBFKANLinear(nn.Module):
         grid_range: Interval of the centres.
         base_activation: Optional base branch activation (SiLU in FastKAN); None removes it.
         bias: Adds an output bias.
+
+    ``spline_weight`` holds the (out, in, G) coefficients of each edge's bases.
     """
 
     def __init__(
@@ -52,42 +55,34 @@ class RBFKANLinear(nn.Module):
             basis: str = 'gaussian',
             grid_range: tuple = (-2.0, 2.0),
             base_activation: Optional[Type[nn.Module]] = nn.SiLU,
-            bias: bool = True,
+            bias: bool = False,
             device=None,
             dtype=None,
     ) -> None:
-        super().__init__()
+        super().__init__(in_features, out_features, base_activation, bias, device, dtype)
         dd = {'device': device, 'dtype': dtype}
-        check_positive('in_features', in_features)
-        check_positive('out_features', out_features)
         if isinstance(grid_size, bool) or not isinstance(grid_size, int) or grid_size < 2:
             raise ValueError(f'grid_size must be an integer >= 2 for RBF KAN, got {grid_size!r}')
         if basis not in RBF_BASES:
             raise ValueError(f'basis must be one of {RBF_BASES}, got {basis!r}')
         lo, hi = check_range('grid_range', grid_range)
-        self.in_features = in_features
-        self.out_features = out_features
         self.grid_size = grid_size
         self.basis = basis
         self.width = (hi - lo) / (grid_size - 1)
         self.norm = nn.LayerNorm(in_features, **dd)
         self.register_buffer('centers', torch.linspace(lo, hi, grid_size, device=device), persistent=False)
-        self.spline = nn.Linear(in_features * grid_size, out_features, bias=False, **dd)
-        self.base = BaseBranch(in_features, out_features, base_activation, **dd) if base_activation else None
-        self.bias = nn.Parameter(torch.zeros(out_features, **dd)) if bias else None
+        self.spline_weight = nn.Parameter(torch.empty(out_features, in_features, grid_size, **dd))
+        self.reset_parameters()
 
-    def init_weights(self) -> None:
-        """Hook called by timm's ViT weight init."""
+    def reset_coefficients(self) -> None:
         self.norm.reset_parameters()
-        self.spline.reset_parameters()
-        if self.base is not None:
-            self.base.reset_parameters()
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
+        # uniform(+-1/sqrt(fan_in)) over the in * G basis inputs, as FastKAN's linear layer starts
+        bound = 1 / math.sqrt(self.in_features * self.grid_size)
+        nn.init.uniform_(self.spline_weight, -bound, bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bases = rbf_basis(self.norm(x), self.centers.to(x.dtype), self.width, self.basis)
-        y = F.linear(bases.flatten(-2), self.spline.weight, self.bias)
+        y = F.linear(bases.flatten(-2), self.spline_weight.flatten(1), self.bias)
         if self.base is not None:
             y = y + self.base(x)
         return y

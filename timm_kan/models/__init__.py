@@ -1,3 +1,4 @@
 """KAN-ViT model definitions, registered with timm on import."""
-from ._pretrained import CheckpointError, freeze, kan_checkpoint_filter_fn
-from .kan_vit import KAN_FAMILIES, KANVisionTransformer, architecture_kwargs
+from ._freeze import FREEZE_POLICIES, apply_freeze_policy
+from ._pretrained import CheckpointError, LoadReport, kan_checkpoint_filter_fn
+from .kan_vit import ARCHS, KANVisionTransformer, architecture_kwargs

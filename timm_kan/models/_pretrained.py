@@ -6,15 +6,20 @@ and the registry tags share this code):
       releases that carry a ``pre_logits.fc`` representation layer;
     - Google's ``.npz`` ViT checkpoints (augreg and the older ``ViT-B_16.npz`` in21k files), read by
       timm's own npz loader into a plain ViT first;
-    - this package's KAN-ViT checkpoints, loaded untouched.
+    - this package's KAN-ViT checkpoints (and KAT's), loaded exactly.
 
 ``kan_init='mlp'`` maps ``mlp.fc1``/``mlp.fc2`` onto the base branches of ``kan1``/``kan2`` (identity and
 the MLP activation) and zeroes the KAN coefficients, so the KAN-ViT computes the pretrained ViT exactly
 and its KAN coefficients learn corrections. ``kan_init='random'`` keeps the fresh KAN initialisation.
+
+The filter is a function of (state_dict, model) whose options are bound with ``functools.partial`` by the
+builder, as timm binds its filters; what it loaded is returned through the ``LoadReport`` the builder passes.
 """
 import logging
 import re
-from typing import Dict, Iterable, List, Optional, Set
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, FrozenSet, Iterable, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -23,24 +28,30 @@ from timm.models.vision_transformer import VisionTransformer, _load_weights, che
 from ..layers import GRKANMlp, KANMlp
 
 __all__ = [
-    'CheckpointError', 'FREEZE_POLICIES', 'KAN_INITS', 'freeze', 'kan_checkpoint_filter_fn',
-    'load_npz_into_kan_vit', 'kan_ffn_prefixes', 'loaded_keys',
+    'CheckpointError', 'KAN_INITS', 'LoadReport',
+    'kan_checkpoint_filter_fn', 'load_npz_into_kan_vit', 'kan_ffn_prefixes', 'peek_checkpoint', 'CheckpointPeek',
 ]
 
 _logger = logging.getLogger(__name__)
 
 KAN_INITS = ('mlp', 'random')
-FREEZE_POLICIES = ('none', 'head', 'backbone')
-_HEAD_PREFIXES = ('head.', 'pre_logits.')
+HEAD_PREFIXES = ('head.', 'pre_logits.')
 _MLP_KEY = re.compile(r'^(blocks\.\d+\.mlp)\.fc([12])\.(weight|bias)$')
 # KAN coefficient tensors that kan_init='mlp' sets to zero (Chebyshev, B-spline, RBF)
-_KAN_COEFFS = ('.coeffs', '.spline_weight', '.spline.weight')
+_KAN_COEFFS = ('.coeffs', '.spline_weight')
 # KAT's released checkpoints: one numerator shared by all groups, a denominator per group
 _KAT_RATIONAL = re.compile(r'^(blocks\.\d+\.mlp\.act[12])\.weight_(numerator|denominator)$')
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be loaded into the requested model, with what was expected and found."""
+
+
+@dataclass
+class LoadReport:
+    """What a pretrained load took from its checkpoint: its layout ('vit' or 'kan') and the model keys it filled."""
+    layout: Optional[str] = None
+    loaded_keys: FrozenSet[str] = field(default_factory=frozenset)
 
 
 def _source_name(model: nn.Module) -> str:
@@ -57,130 +68,232 @@ def kan_ffn_prefixes(model: nn.Module) -> List[str]:
     return [f'{name}.' for name, m in model.named_modules() if isinstance(m, (KANMlp, GRKANMlp))]
 
 
-def loaded_keys(model: nn.Module) -> Set[str]:
-    """Keys whose values came from a checkpoint in the last pretrained load (empty if none)."""
-    return set(getattr(model, '_loaded_keys', ()))
-
-
-def _describe(keys: Iterable[str], limit: int = 8) -> str:
+def describe_keys(keys: Iterable[str], limit: int = 8) -> str:
     keys = sorted(keys)
     more = f' (+{len(keys) - limit} more)' if len(keys) > limit else ''
     return ', '.join(keys[:limit]) + more
 
 
+def _holds_kan_layers(keys: Iterable[str]) -> bool:
+    return any('.mlp.kan1.' in k or '.mlp.act1.' in k or _KAT_RATIONAL.match(k) for k in keys)
+
+
+def _unwrap_checkpoint(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The tensors of a training checkpoint (``model`` / ``state_dict`` nesting removed)."""
+    for key in ('model', 'state_dict'):
+        if isinstance(state_dict.get(key), dict):
+            state_dict = state_dict[key]
+    return state_dict
+
+
+@dataclass
+class CheckpointPeek:
+    """What a checkpoint file's key names and shapes say, read without loading its tensors.
+
+    ``layout`` is 'vit' or 'kan' (None: unreadable this way, the load itself then reports what is wrong);
+    for a KAN checkpoint ``kan_base`` and ``kan_mid_norm`` are the block structure its keys show.
+    """
+    layout: Optional[str] = None
+    head_classes: Optional[int] = None
+    kan_base: Optional[str] = None
+    kan_mid_norm: Optional[bool] = None
+
+
+def _read_key_shapes(path: Path) -> Dict[str, Tuple[int, ...]]:
+    if path.suffix == '.safetensors':
+        from safetensors import safe_open
+        with safe_open(str(path), 'pt') as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    sd = _unwrap_checkpoint(torch.load(path, map_location='meta', weights_only=True))
+    return {k: tuple(v.shape) for k, v in sd.items() if isinstance(v, torch.Tensor)}
+
+
+def peek_checkpoint(path: str) -> CheckpointPeek:
+    """Layout, head size and KAN block structure of a checkpoint file (see ``CheckpointPeek``)."""
+    path = Path(path)
+    if path.suffix == '.npz':
+        return CheckpointPeek('vit')  # Google's ViT releases; read in full by load_npz_into_kan_vit
+    try:
+        shapes = _read_key_shapes(path)
+    except Exception:  # any unreadable file: the real load raises the CheckpointError that names it
+        return CheckpointPeek()
+    head = shapes['head.weight'][0] if 'head.weight' in shapes else None
+    if not _holds_kan_layers(shapes):
+        return CheckpointPeek('vit', head)
+    block = 'blocks.0.mlp.'
+    # only kan_base='mlp' layers carry a bias; 'silu' has a base weight without one; 'none' has neither
+    base = ('mlp' if block + 'kan1.bias' in shapes else 'silu' if block + 'kan1.base.weight' in shapes
+            else 'none' if block + 'kan1.coeffs' in shapes or block + 'kan1.spline_weight' in shapes else None)
+    mid_norm = (block + 'norm.weight' in shapes) if base is not None else None
+    return CheckpointPeek('kan', head, base, mid_norm)
+
+
 def kan_checkpoint_filter_fn(
         state_dict: Dict[str, torch.Tensor],
         model: nn.Module,
-        strict: Optional[bool] = None,
+        kan_init: str = 'random',
+        strict: bool = True,
+        report: Optional[LoadReport] = None,
         source: Optional[str] = None,
-        source_classes: Optional[int] = None,
+        resample: bool = False,
 ) -> Dict[str, torch.Tensor]:
     """Turn a ViT or KAN-ViT state dict into a complete, validated state dict for ``model``.
 
-    ``strict`` defaults to the model's ``strict_load``; ``source`` names the checkpoint in errors and
-    ``source_classes`` is the class count its head was trained for (both default to the model's
-    pretrained_cfg). Records the keys taken from the checkpoint on ``model._loaded_keys`` and its layout
-    ('vit' or 'kan') on ``model.checkpoint_layout`` for the freeze policies.
+    Args:
+        state_dict: The checkpoint's tensors.
+        model: The KAN-ViT being loaded (read only).
+        kan_init: 'mlp' maps a ViT's MLP into the KAN layers; 'random' leaves fresh KAN layers.
+        strict: Refuse checkpoint tensors that have no place in the model (else skip and list them).
+        report: Filled with the checkpoint's layout and the keys taken from it.
+        source: Name of the checkpoint in errors (default: from the model's pretrained_cfg).
+        resample: Resample patch and position embeddings made for another patch or image size (else an error).
 
     Raises:
         CheckpointError: wrong family, size or options, missing tensors, or (with ``strict``)
             tensors the model has no place for.
     """
     source = source or _source_name(model)
-    strict = getattr(model, 'strict_load', True) if strict is None else strict
-    state_dict = state_dict.get('model', state_dict)
-    state_dict = state_dict.get('state_dict', state_dict)
+    state_dict = _unwrap_checkpoint(state_dict)
     if not any(k.startswith('blocks.') for k in state_dict):
-        sample = _describe(state_dict.keys(), 5) or 'no tensors'
         raise CheckpointError(
             f'{source} is not a ViT or KAN-ViT checkpoint: expected keys like blocks.0.attn.qkv.weight and '
-            f'blocks.0.mlp.fc1.weight, found {sample}')
-    state_dict = _from_kat_layout(state_dict, model)
-    is_kan = any('.mlp.kan1.' in k or '.mlp.act1.' in k for k in state_dict)
-    layout = 'kan' if is_kan else 'vit'
-    # timm's filter drops the representation layer silently; keep it to report what is discarded
+            f'blocks.0.mlp.fc1.weight, found {describe_keys(state_dict.keys(), 5) or "no tensors"}')
+    state_dict = _from_kat_layout(state_dict)
+    layout = 'kan' if _holds_kan_layers(state_dict) else 'vit'
+    if layout == 'kan' and kan_init == 'mlp':
+        raise CheckpointError(
+            f"{source} already holds KAN layers; kan_init='mlp' adapts a ViT's MLP. Load it with "
+            "kan_init='random' (the default for KAN-ViT checkpoints) and the options it was trained with")
+    if not resample:
+        check_embedding_sizes({k: tuple(v.shape) for k, v in state_dict.items()}, model, source)
+    sd = _timm_vit_filter(state_dict, model)
+    _drop_replaced_head(sd, model, source)
+    sd = _map_mlp_weights(sd, model, kan_init if layout == 'vit' else None, source)
+    expected = model.state_dict()
+    _drop_or_refuse_unexpected(sd, expected, strict, source, model)
+    _check_shapes(sd, expected, source, model)
+    loaded = frozenset(sd)
+    _complete(sd, expected, model, kan_init, layout, strict, source)
+    if report is not None:
+        report.layout, report.loaded_keys = layout, loaded
+    return sd
+
+
+def check_embedding_sizes(shapes: Dict[str, Tuple[int, ...]], model: nn.Module, source: str) -> None:
+    """A patch or position embedding made for another patch or image size is an error (timm would resample it
+    without a word) unless resampling was asked for: an explicit ``img_size``/``patch_size``, or
+    ``pretrained_resample=True`` (``convert --resample``)."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    for key, what in (('patch_embed.proj.weight', 'patch size'), ('pos_embed', 'image or patch size')):
+        found, want = shapes.get(key), expected.get(key)
+        if found is not None and want is not None and len(found) == len(want) and found != want:
+            raise CheckpointError(
+                f'{source}: {key} is {found} but {_model_name(model)} has {want}: the checkpoint was made for '
+                f'another {what}. Pass the checkpoint\'s img_size/patch_size, or pass img_size/patch_size or '
+                'pretrained_resample=True (timm-kan convert --resample) to resample it to the model\'s')
+
+
+def _timm_vit_filter(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """timm's ViT filter (position-embedding and patch-embedding layouts), keeping the representation layer
+    that it drops silently, so that its removal is reported with the replaced head."""
     pre_logits = {k: v for k, v in state_dict.items() if k.startswith('pre_logits.')}
     sd = checkpoint_filter_fn(state_dict, model)
     sd.update(pre_logits)
-    expected = model.state_dict()
+    return sd
 
-    # the classifier: replaced when the class count differs (timm discards it then too)
+
+def _drop_replaced_head(sd: Dict[str, torch.Tensor], model: nn.Module, source: str) -> None:
+    """A classifier of another class count is replaced (timm does the same); one that fits is kept."""
     head_rows = sd['head.weight'].shape[0] if 'head.weight' in sd else None
-    if source_classes is None:
-        source_classes = (getattr(model, 'pretrained_cfg', None) or {}).get('num_classes', model.num_classes)
-    if head_rows is not None and (head_rows != model.num_classes or source_classes != model.num_classes):
-        dropped = [k for k in sd if k.startswith(_HEAD_PREFIXES)]
-        _logger.warning(
-            f'{source}: classifier of {head_rows} classes replaced by a new head of {model.num_classes}; '
-            f'not loaded: {_describe(dropped)}')
-        for k in dropped:
-            del sd[k]
+    if head_rows is None or head_rows == model.num_classes:
+        return
+    dropped = [k for k in sd if k.startswith(HEAD_PREFIXES)]
+    _logger.warning(
+        f'{source}: classifier of {head_rows} classes replaced by a new head of {model.num_classes}; '
+        f'not loaded: {describe_keys(dropped)}')
+    for k in dropped:
+        del sd[k]
 
-    loaded: Set[str] = set()
-    out: Dict[str, torch.Tensor] = {}
-    unused_mlp: List[str] = []
+
+def _map_mlp_weights(
+        sd: Dict[str, torch.Tensor], model: nn.Module, kan_init: Optional[str], source: str,
+) -> Dict[str, torch.Tensor]:
+    """A ViT's fc1/fc2 into the KAN blocks: the base branches of kan1/kan2 with ``kan_init='mlp'`` (group-rational
+    blocks keep the names), unused with ``'random'``. ``kan_init`` is None for a KAN checkpoint: keys stay."""
+    if kan_init is None:
+        return sd
+    expected = set(model.state_dict())
+    out, unused = {}, []
     for k, v in sd.items():
         m = _MLP_KEY.match(k)
-        if not is_kan and m is not None and (k not in expected or model.kan_init != 'mlp'):
-            if model.kan_init != 'mlp':
-                unused_mlp.append(k)
+        if m is not None and (k not in expected or kan_init != 'mlp'):
+            if kan_init != 'mlp':
+                unused.append(k)
                 continue
             prefix, layer, kind = m.groups()
-            # KAN-layer blocks carry fc1/fc2 in their base branches; group-rational ones keep the names
             k = f'{prefix}.kan{layer}.' + ('base.weight' if kind == 'weight' else 'bias')
         out[k] = v
-        loaded.add(k)
-    if unused_mlp:
+    if unused:
         _logger.warning(
-            f"{source}: kan_init='random' leaves the pretrained MLP weights unused: {_describe(unused_mlp)}")
+            f"{source}: kan_init='random' leaves the pretrained MLP weights unused: {describe_keys(unused)}")
+    return out
 
-    unexpected = sorted(set(out) - set(expected))
-    if unexpected:
-        if strict:
-            raise CheckpointError(
-                f'{source} does not fit {_model_name(model)}: {len(unexpected)} tensors have no place in the model: '
-                f'{_describe(unexpected)}. Pass pretrained_strict=False to load the rest and skip these.')
-        _logger.warning(f'{source}: skipped tensors with no place in the model: {_describe(unexpected)}')
-        for k in unexpected:
-            del out[k]
-            loaded.discard(k)
 
+def _drop_or_refuse_unexpected(
+        sd: Dict[str, torch.Tensor], expected: Dict[str, torch.Tensor], strict: bool, source: str, model: nn.Module,
+) -> None:
+    unexpected = sorted(set(sd) - set(expected))
+    if not unexpected:
+        return
+    if strict:
+        raise CheckpointError(
+            f'{source} does not fit {_model_name(model)}: {len(unexpected)} tensors have no place in the model: '
+            f'{describe_keys(unexpected)}. Pass pretrained_strict=False to load the rest and skip these.')
+    _logger.warning(f'{source}: skipped tensors with no place in the model: {describe_keys(unexpected)}')
+    for k in unexpected:
+        del sd[k]
+
+
+def _check_shapes(
+        sd: Dict[str, torch.Tensor], expected: Dict[str, torch.Tensor], source: str, model: nn.Module) -> None:
     # in the model's order, so that the first mismatch named is the earliest layer
     mismatched = [
-        f'{k}: expected {tuple(v.shape)}, found {tuple(out[k].shape)}'
-        for k, v in expected.items() if k in out and tuple(out[k].shape) != tuple(v.shape)]
+        f'{k}: expected {tuple(v.shape)}, found {tuple(sd[k].shape)}'
+        for k, v in expected.items() if k in sd and tuple(sd[k].shape) != tuple(v.shape)]
     if mismatched:
         raise CheckpointError(
             f'{source} does not fit {_model_name(model)} (another model size or other KAN options?): '
             + '; '.join(mismatched[:5]) + (f' (+{len(mismatched) - 5} more)' if len(mismatched) > 5 else ''))
 
-    # tensors the checkpoint does not carry: fresh KAN layers / head are expected, anything else is not
-    fresh_prefixes = tuple(kan_ffn_prefixes(model)) if not is_kan else ()
+
+def _complete(
+        sd: Dict[str, torch.Tensor], expected: Dict[str, torch.Tensor], model: nn.Module, kan_init: str,
+        layout: str, strict: bool, source: str,
+) -> None:
+    """Fill what the checkpoint does not carry: fresh KAN layers and head are expected, anything else is not."""
+    fresh_prefixes = tuple(kan_ffn_prefixes(model)) if layout == 'vit' else ()
     missing = []
     for k, v in expected.items():
-        if k in out:
+        if k in sd:
             continue
-        if k.startswith(fresh_prefixes) or k.startswith(_HEAD_PREFIXES):
-            zero = model.kan_init == 'mlp' and k.endswith(_KAN_COEFFS)
-            out[k] = torch.zeros_like(v) if zero else v.detach().clone()
+        if k.startswith(fresh_prefixes) or k.startswith(HEAD_PREFIXES):
+            zero = kan_init == 'mlp' and k.endswith(_KAN_COEFFS)
+            sd[k] = torch.zeros_like(v) if zero else v.detach().clone()
         else:
             missing.append(k)
-    if missing:
-        if strict:
-            raise CheckpointError(
-                f'{source} is incomplete for {_model_name(model)}: {len(missing)} tensors missing: '
-                f'{_describe(missing)} (truncated file or another model family?)')
-        _logger.warning(
-            f'{source}: tensors missing from the checkpoint keep their initialisation: {_describe(missing)}')
-        for k in missing:
-            out[k] = expected[k].detach().clone()
-
-    model._loaded_keys = frozenset(loaded)
-    model.checkpoint_layout = layout
-    return out
+    if not missing:
+        return
+    if strict:
+        raise CheckpointError(
+            f'{source} is incomplete for {_model_name(model)}: {len(missing)} tensors missing: '
+            f'{describe_keys(missing)} (truncated file or another model family?)')
+    _logger.warning(
+        f'{source}: tensors missing from the checkpoint keep their initialisation: {describe_keys(missing)}')
+    for k in missing:
+        sd[k] = expected[k].detach().clone()
 
 
-def _from_kat_layout(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+def _from_kat_layout(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """KAT's ``actN.weight_numerator`` (1, 6) / ``actN.weight_denominator`` (groups, 4) to this package's
     per-group ``actN.numerator`` (groups, 6) / ``actN.denominator``; same rational form (KAT's GPU kernel)."""
     if not any(_KAT_RATIONAL.match(k) for k in state_dict):
@@ -198,27 +311,43 @@ def _from_kat_layout(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> D
     return out
 
 
-def load_npz_into_kan_vit(model: nn.Module, checkpoint_path: str, prefix: str = '') -> None:
-    """Load a Google ``.npz`` ViT checkpoint: timm's npz reader fills a plain ViT, then the KAN filter maps it."""
+def _read_npz(path: str, prefix: str) -> Tuple[int, Dict[str, torch.Tensor], Dict[str, Tuple[int, ...]]]:
+    """(head classes, pre_logits tensors, embedding shapes in timm's layout) of a Google ViT .npz."""
     import numpy as np
 
-    path = str(checkpoint_path)
     try:
-        with np.load(path) as npz:
+        with np.load(path, allow_pickle=False) as npz:
             keys = set(npz.files)
             head_classes = npz[f'{prefix}head/bias'].shape[-1] if f'{prefix}head/bias' in keys else 0
             pre_logits = {
                 'pre_logits.fc.weight': torch.from_numpy(npz[f'{prefix}pre_logits/kernel'].T.copy()),
                 'pre_logits.fc.bias': torch.from_numpy(npz[f'{prefix}pre_logits/bias'].copy()),
             } if f'{prefix}pre_logits/kernel' in keys else {}
+            shapes = {}
+            if f'{prefix}embedding/kernel' in keys:
+                kh, kw, cin, cout = npz[f'{prefix}embedding/kernel'].shape
+                shapes['patch_embed.proj.weight'] = (cout, cin, kh, kw)
+            if f'{prefix}Transformer/posembed_input/pos_embedding' in keys:
+                shapes['pos_embed'] = tuple(npz[f'{prefix}Transformer/posembed_input/pos_embedding'].shape)
     except FileNotFoundError as e:
         raise CheckpointError(f'checkpoint not found: {path}') from e
     except Exception as e:
-        raise CheckpointError(f'cannot read {path} as a NumPy .npz checkpoint: {e}') from e
-    vit_args = dict(model.vit_args, num_classes=head_classes)
-    vit_args.pop('device', None)
-    vit_args.pop('dtype', None)
-    vit = VisionTransformer(weight_init='skip', **vit_args)
+        raise CheckpointError(
+            f'{path} is not a NumPy .npz ViT checkpoint (a zip of arrays such as embedding/kernel): '
+            f'{type(e).__name__}') from e
+    return head_classes, pre_logits, shapes
+
+
+def load_npz_into_kan_vit(model: nn.Module, checkpoint_path: str, filter_fn, prefix: str = '') -> None:
+    """Load a Google ``.npz`` ViT checkpoint: timm's npz reader fills a plain ViT, then ``filter_fn`` (the
+    builder's bound ``kan_checkpoint_filter_fn``) maps it. timm's reader resamples position embeddings itself,
+    so sizes are checked on the file's own arrays first (unless the filter was bound with ``resample=True``)."""
+    path = str(checkpoint_path)
+    head_classes, pre_logits, shapes = _read_npz(path, prefix)
+    if not getattr(filter_fn, 'keywords', {}).get('resample', False):
+        check_embedding_sizes(shapes, model, path)
+    vit_args = {k: v for k, v in model.vit_args.items() if k not in ('device', 'dtype')}
+    vit = VisionTransformer(weight_init='skip', **dict(vit_args, num_classes=head_classes))
     try:
         _load_weights(vit, path, prefix)
     except KeyError as e:
@@ -231,48 +360,4 @@ def load_npz_into_kan_vit(model: nn.Module, checkpoint_path: str, prefix: str = 
     if not head_classes:
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith('head.')}
     state_dict.update(pre_logits)
-    # the npz has no pretrained_cfg of its own: judge the head by its class count alone
-    classes = head_classes or model.num_classes
-    model.load_state_dict(kan_checkpoint_filter_fn(state_dict, model, source=path, source_classes=classes))
-
-
-def freeze(model: nn.Module, policy: str) -> Dict[str, int]:
-    """Set ``requires_grad`` by policy and return the parameter counts.
-
-    Policies:
-        'none': everything trains.
-        'head': only ``head`` (and ``pre_logits``) train — the reference write-ups' behaviour.
-        'backbone': every tensor loaded from the checkpoint is frozen except the KAN layers and the head.
-
-    A tensor that was not loaded from a checkpoint is never frozen: a policy that would freeze one
-    raises ``ValueError`` naming it.
-    """
-    from ..accounting import count_parameters
-
-    if policy not in FREEZE_POLICIES:
-        raise ValueError(f'freeze policy must be one of {FREEZE_POLICIES}, got {policy!r}')
-    loaded = loaded_keys(model)
-    kan_prefixes = tuple(kan_ffn_prefixes(model))
-    if policy == 'none':
-        to_freeze = set()
-    elif policy == 'head':
-        to_freeze = {n for n, _ in model.named_parameters() if not n.startswith(_HEAD_PREFIXES)}
-    else:
-        to_freeze = {
-            n for n, _ in model.named_parameters()
-            if n in loaded and not n.startswith(kan_prefixes) and not n.startswith(_HEAD_PREFIXES)}
-    if policy != 'none' and not loaded:
-        raise ValueError(
-            f"freeze='{policy}' freezes pretrained tensors, but none were loaded (pretrained=False?); "
-            "use freeze='none'")
-    fresh = sorted(to_freeze - loaded)
-    if fresh:
-        raise ValueError(
-            f"freeze='{policy}' would freeze {len(fresh)} tensors that were freshly initialised, not loaded "
-            f'({_describe(fresh, 4)}); they would never train and the model would learn on random features. '
-            "Load them from a checkpoint (e.g. a trained KAN-ViT), or use freeze='backbone'.")
-    for name, param in model.named_parameters():
-        param.requires_grad_(name not in to_freeze)
-    counts = count_parameters(model)
-    _logger.info(f"freeze='{policy}': {counts['trainable']:,} of {counts['total']:,} parameters train")
-    return counts
+    model.load_state_dict(filter_fn(state_dict, model, source=path))

@@ -9,42 +9,36 @@ Papers:
 
 Every timm ViT feature (``num_classes``, ``global_pool``, ``drop_path_rate``, ``img_size``,
 ``features_only``, ``forward_intermediates``, grad checkpointing) is inherited from
-``timm.models.vision_transformer.VisionTransformer``. KAN options are ``create_model`` kwargs:
+``timm.models.vision_transformer.VisionTransformer``. KAN options are ``create_model`` kwargs: each
+family's own (``KAN_FAMILIES``), and the adapter's ``kan_init`` ('mlp' | 'random'), ``freeze``
+('none' | 'head' | 'backbone') and ``pretrained_strict``.
 
-    degree, kan_fused (Chebyshev), grid_size / spline_order / grid_range (B-spline), grid_size / rbf_basis /
-    grid_range (RBF), groups / kan_act_init (group-rational), kan_base, kan_mid_norm, kan_hidden (or timm's
-    mlp_ratio), kan_init ('mlp' | 'random'), freeze ('none' | 'head' | 'backbone'), pretrained_strict.
+The 56 entry points (4 families x 7 sizes, each under its full name and a short alias such as
+``chebykan_vit_b16``) are generated from ``KAN_FAMILIES`` and ``_ARCHS``: a new family or size is one
+table entry, and every entry point gets a docstring saying what it builds.
 """
 import difflib
 import inspect
 import pickle
+from dataclasses import dataclass
 from functools import partial
-from typing import Any, Dict
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from safetensors import SafetensorError
 from timm.layers import get_act_layer
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer, _cfg
 
-from ..layers import GRKANMlp, KANMlp, default_kan_base
+from ..layers import GRKANMlp, KAN_FAMILIES, KANFamily, KANMlp, family_of_model
+from ..layers.base import check_range
+from ._freeze import FREEZE_POLICIES, apply_freeze_policy
 from ._pretrained import (
-    FREEZE_POLICIES, KAN_INITS, CheckpointError, freeze, kan_checkpoint_filter_fn, load_npz_into_kan_vit)
+    KAN_INITS, CheckpointError, LoadReport, kan_checkpoint_filter_fn, load_npz_into_kan_vit, peek_checkpoint)
 
-__all__ = ['KANVisionTransformer', 'KAN_FAMILIES', 'architecture_kwargs']
-
-# family prefix -> KAN layer type and the create_model options that belong to it
-_KAN_BLOCK_OPTIONS = ('kan_base', 'kan_mid_norm', 'kan_hidden')
-KAN_FAMILIES = {
-    'kan_vit': dict(kan_type='bspline',
-                    options=('grid_size', 'spline_order', 'grid_range', 'kan_fused') + _KAN_BLOCK_OPTIONS),
-    'chebykan_vit': dict(kan_type='chebyshev', options=('degree', 'kan_fused') + _KAN_BLOCK_OPTIONS),
-    'rbfkan_vit': dict(kan_type='rbf', options=('grid_size', 'rbf_basis', 'grid_range') + _KAN_BLOCK_OPTIONS),
-    'grkan_vit': dict(kan_type='rational', options=('groups', 'kan_act_init', 'kan_hidden', 'kan_fused')),
-}
-_ALL_KAN_OPTIONS = sorted({o for f in KAN_FAMILIES.values() for o in f['options']})
+__all__ = ['KANVisionTransformer', 'architecture_kwargs', 'ARCHS']
 
 # architecture name -> (ViT arguments, short alias, in21k weights in timm's hub org, classes of that head)
-_ARCHS = {
+ARCHS = {
     'tiny_patch16_224': (dict(patch_size=16, embed_dim=192, depth=12, num_heads=3), 't16',
                          'vit_tiny_patch16_224.augreg_in21k', 21843),
     'small_patch16_224': (dict(patch_size=16, embed_dim=384, depth=12, num_heads=6), 's16',
@@ -66,45 +60,55 @@ _BUILDER_KWARGS = {
     'pretrained_cfg', 'pretrained_cfg_overlay', 'cache_dir', 'pretrained_model_args', 'features_only',
     'out_indices', 'feature_cls', 'output_fmt', 'flatten_sequential', 'pruned', 'kwargs_filter',
 }
-_ADAPTER_KWARGS = {'kan_init', 'freeze', 'pretrained_strict'}
+# how a checkpoint is adapted and what trains: load-time options, not part of the architecture
+ADAPTER_KWARGS = ('kan_init', 'freeze', 'pretrained_strict', 'pretrained_resample')
 _RESERVED_VIT_KWARGS = {'mlp_layer', 'block_fn'}
+_ALL_KAN_OPTIONS = sorted({o for f in KAN_FAMILIES.values() for o in f.options})
+# errors of reading a checkpoint that are reported as CheckpointError naming the file
+_LOAD_ERRORS = (OSError, EOFError, KeyError, RuntimeError, pickle.UnpicklingError, SafetensorError)
 
 
 class KANVisionTransformer(VisionTransformer):
-    """timm ``VisionTransformer`` whose blocks use ``KANMlp``.
+    """timm ``VisionTransformer`` whose blocks use ``KANMlp`` (or ``GRKANMlp`` for group-rational KAN).
 
     Args:
-        kan_args: Arguments of ``KANMlp`` (kan_type, degree, grid sizes, base, mid norm, hidden width).
-        kan_init: How the KAN layers are initialised when pretrained ViT weights are loaded.
-        strict_load: Pretrained loads refuse checkpoint tensors that have no place in the model.
+        kan_args: ``kan_type`` and the family's resolved options (``KAN_FAMILIES[kan_type].options``).
+        npz_filter: The bound checkpoint filter used by ``load_pretrained`` for Google ``.npz`` files
+            (timm hands those to the model itself).
         **kwargs: ``VisionTransformer`` arguments.
     """
 
-    def __init__(self, kan_args: Dict[str, Any], kan_init: str = 'random', strict_load: bool = True, **kwargs) -> None:
+    def __init__(self, kan_args: Dict[str, Any], npz_filter: Optional[Callable] = None, **kwargs) -> None:
         self.kan_args = dict(kan_args)
-        self.kan_init = kan_init
-        self.strict_load = strict_load
         self.vit_args = dict(kwargs)
-        block_args = dict(kan_args)
-        if block_args.pop('kan_type') == 'rational':
-            mlp_layer = partial(GRKANMlp, **block_args)
-        else:
-            mlp_layer = partial(KANMlp, kan_type=kan_args['kan_type'], **block_args)
-        super().__init__(mlp_layer=mlp_layer, **kwargs)
+        options = dict(kan_args)
+        kan_type = options.pop('kan_type')
+        block = GRKANMlp if kan_type == 'rational' else partial(KANMlp, kan_type=kan_type)
+        super().__init__(mlp_layer=partial(block, **options), **kwargs)
+        self.npz_filter = npz_filter or partial(kan_checkpoint_filter_fn)
+        self.pretrained_load: Optional[LoadReport] = None
 
     @property
-    def _model_args(self) -> Dict[str, Any]:
-        return self.__dict__.get('_kan_model_args', {})
+    def checkpoint_layout(self) -> Optional[str]:
+        """'vit' or 'kan' after a pretrained load, else None."""
+        return self.pretrained_load.layout if self.pretrained_load is not None else None
 
-    @_model_args.setter
-    def _model_args(self, args: Dict[str, Any]) -> None:
-        # timm's factory records create_model kwargs here for exports; load-time options
-        # (how to adapt a checkpoint, what to freeze) do not describe the architecture
-        self.__dict__['_kan_model_args'] = {k: v for k, v in args.items() if k not in _ADAPTER_KWARGS}
+    def architecture_args(self) -> Dict[str, Any]:
+        """The resolved KAN options as JSON-ready ``model_args`` (exports rebuild the same layers from them)."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.kan_args.items()
+                if k != 'kan_type' and v is not None}
 
     def load_pretrained(self, checkpoint_path: str, prefix: str = '') -> None:
         """Load Google's original ``.npz`` ViT checkpoints (timm's ``custom_load`` path)."""
-        load_npz_into_kan_vit(self, checkpoint_path, prefix)
+        load_npz_into_kan_vit(self, checkpoint_path, self.npz_filter, prefix)
+
+
+@dataclass
+class _AdapterOptions:
+    kan_init: str
+    freeze: Optional[str]
+    strict: bool
+    resample: bool = False
 
 
 def architecture_kwargs(model_name: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
@@ -114,28 +118,26 @@ def architecture_kwargs(model_name: str, kwargs: Dict[str, Any]) -> Dict[str, An
     layers but no pretrained load: for the KAN-layer families ``kan_init='mlp'`` implies
     ``kan_base='mlp'`` and ``kan_mid_norm=False``. Names that are not KAN-ViTs only lose the load options.
     """
-    out = {k: v for k, v in kwargs.items() if k not in _ADAPTER_KWARGS}
-    try:
-        family, _ = _resolve_variant(model_name.split('.')[0])
-    except ValueError:
-        return out
-    if kwargs.get('kan_init') == 'mlp' and KAN_FAMILIES[family]['kan_type'] != 'rational':
+    out = {k: v for k, v in kwargs.items() if k not in ADAPTER_KWARGS}
+    family = family_of_model(model_name)
+    if family is not None and kwargs.get('kan_init') == 'mlp' and family.default_base is not None:
         out.setdefault('kan_base', 'mlp')
         out.setdefault('kan_mid_norm', False)
     return out
 
 
-def _check_kwargs(variant: str, family: str, kwargs: Dict[str, Any]) -> None:
+def _check_kwargs(variant: str, family: KANFamily, kwargs: Dict[str, Any]) -> None:
+    """Every kwarg is a ViT argument, a builder argument or one of the family's options; else an error naming it."""
     allowed_vit = set(inspect.signature(VisionTransformer.__init__).parameters) - {'self'} - _RESERVED_VIT_KWARGS
-    own = set(KAN_FAMILIES[family]['options']) | _ADAPTER_KWARGS
+    own = set(family.options) | set(ADAPTER_KWARGS)
     for key in kwargs:
         if key in own or key in allowed_vit or key in _BUILDER_KWARGS:
             continue
         if key in _ALL_KAN_OPTIONS:
-            others = [f'{f}_*' for f, spec in KAN_FAMILIES.items() if key in spec['options']]
+            others = [f'{f.prefix}_*' for f in KAN_FAMILIES.values() if key in f.options]
             raise ValueError(
                 f'{variant}: option {key!r} belongs to the {" / ".join(others)} famil'
-                f'{"ies" if len(others) > 1 else "y"}; {family}_* takes {", ".join(KAN_FAMILIES[family]["options"])}')
+                f'{"ies" if len(others) > 1 else "y"}; {family.prefix}_* takes {", ".join(family.options)}')
         if key in _RESERVED_VIT_KWARGS:
             raise ValueError(f'{variant}: {key!r} is set by timm_kan and cannot be overridden')
         close = difflib.get_close_matches(key, sorted(own | allowed_vit), n=3)
@@ -143,94 +145,136 @@ def _check_kwargs(variant: str, family: str, kwargs: Dict[str, Any]) -> None:
         raise ValueError(f'{variant}: unknown option {key!r}{hint}')
 
 
-def _create_kan_vit(variant: str, pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    """Build a KAN-ViT variant on ``build_model_with_cfg``; pops the KAN options before the ViT sees them."""
-    family, arch = _resolve_variant(variant)
-    _check_kwargs(variant, family, kwargs)
-    vit_args = dict(_ARCHS[arch][0])
+def _file_overlay(kwargs: Dict[str, Any]) -> Optional[str]:
+    return (kwargs.get('pretrained_cfg_overlay') or {}).get('file')
 
-    kan_init = kwargs.pop('kan_init', None)
-    freeze_policy = kwargs.pop('freeze', None)
-    user_strict = kwargs.pop('pretrained_strict', True)
+
+def _adapter_options(pretrained: bool, kwargs: Dict[str, Any]) -> _AdapterOptions:
+    """Pop the load-time options and choose ``kan_init``'s default from what will be loaded.
+
+    A rebuild from this package's export (``hf-hub:``/``local-dir:``) or a file that holds KAN layers loads
+    KAN weights (``'random'`` structure); a ViT checkpoint is adapted (``'mlp'``). Load-time options an
+    export recorded describe how its source was adapted, not this load: they are dropped.
+    """
+    recorded = kwargs.get('pretrained_model_args') or {}
+    for key in ADAPTER_KWARGS:
+        if key in recorded and kwargs.get(key) == recorded[key]:
+            kwargs.pop(key)
+    kan_init, freeze = kwargs.pop('kan_init', None), kwargs.pop('freeze', None)
+    strict = kwargs.pop('pretrained_strict', True)
+    # timm resamples embeddings to an img_size/patch_size the user asks for; a size that only comes from the
+    # architecture's defaults is not a request, and a checkpoint of another size is then an error
+    resample = kwargs.pop('pretrained_resample', None)
+    if resample is None:
+        resample = 'img_size' in kwargs or 'patch_size' in kwargs
     if kan_init is not None and kan_init not in KAN_INITS:
         raise ValueError(f'kan_init must be one of {KAN_INITS}, got {kan_init!r}')
-    if freeze_policy is not None and freeze_policy not in FREEZE_POLICIES:
-        raise ValueError(f'freeze must be one of {FREEZE_POLICIES}, got {freeze_policy!r}')
-    # a model rebuilt from its own export (hf-hub:/local-dir:) loads KAN weights, not a ViT to adapt
-    from_kan_export = bool(kwargs.get('pretrained_model_args'))
-    if kan_init is None:
-        kan_init = 'mlp' if pretrained and not from_kan_export else 'random'
+    if freeze is not None and freeze not in FREEZE_POLICIES:
+        raise ValueError(f'freeze must be one of {FREEZE_POLICIES}, got {freeze!r}')
     if kan_init == 'mlp' and not pretrained:
         raise ValueError("kan_init='mlp' copies a pretrained MLP into the KAN layers; it needs pretrained=True")
+    if kan_init is None:
+        from_kan = bool(recorded) or (pretrained and _kan_file_structure(kwargs))
+        kan_init = 'mlp' if pretrained and not from_kan else 'random'
+    return _AdapterOptions(kan_init, freeze, strict, resample)
 
-    kan_type = KAN_FAMILIES[family]['kan_type']
-    kan_args = dict(kan_type=kan_type)
-    for key in KAN_FAMILIES[family]['options']:
-        if key in kwargs:
-            kan_args[key] = kwargs.pop(key)
-    if 'grid_range' in kan_args:
-        kan_args['grid_range'] = tuple(kan_args['grid_range'])
-    # group-rational blocks keep fc1/fc2, so they need no special structure to start from the MLP
-    if kan_init == 'mlp' and kan_type != 'rational':
-        for key, needed in (('kan_base', 'mlp'), ('kan_mid_norm', False)):
-            if kan_args.get(key, needed) != needed:
-                raise ValueError(
-                    f"kan_init='mlp' reproduces the pretrained MLP exactly only with {key}={needed!r}, "
-                    f'got {key}={kan_args[key]!r}; pass kan_init=\'random\' to use {key}={kan_args[key]!r}')
-            kan_args[key] = needed
-    if kan_type == 'rational':
-        kan_args.setdefault('groups', 8)
-    else:
-        kan_args.setdefault('kan_base', default_kan_base(kan_type))
-        kan_args.setdefault('kan_mid_norm', True)
-    if 'act_layer' in kwargs:
-        kwargs['act_layer'] = get_act_layer(kwargs['act_layer'])
+
+def _kan_file_structure(kwargs: Dict[str, Any]) -> bool:
+    """Whether a file overlay holds KAN layers; if so, the block structure its keys show (base branch, mid
+    norm) becomes the default of ``kan_base`` / ``kan_mid_norm``, so the file loads exactly as it was saved."""
+    path = _file_overlay(kwargs)
+    peek = peek_checkpoint(path) if path else None
+    if peek is None or peek.layout != 'kan':
+        return False
+    if peek.kan_base is not None:
+        kwargs.setdefault('kan_base', peek.kan_base)
+        kwargs.setdefault('kan_mid_norm', peek.kan_mid_norm)
+    return True
+
+
+def _kan_args(family: KANFamily, kan_init: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """Pop the family's options from ``kwargs`` and resolve them: the defaults of ``family.module``, and the
+    structure ``kan_init='mlp'`` needs to reproduce the MLP exactly (identity/activation bases, no mid norm)."""
+    options = {k: kwargs.pop(k) for k in family.options if k in kwargs}
+    if 'grid_range' in options:
+        options['grid_range'] = check_range('grid_range', options['grid_range'])
+    if family.default_base is not None:
+        if kan_init == 'mlp':
+            for key, needed in (('kan_base', 'mlp'), ('kan_mid_norm', False)):
+                if options.get(key, needed) != needed:
+                    raise ValueError(
+                        f"kan_init='mlp' reproduces the pretrained MLP exactly only with {key}={needed!r}, "
+                        f"got {key}={options[key]!r}; pass kan_init='random' to use {key}={options[key]!r}")
+                options[key] = needed
+        options.setdefault('kan_base', family.default_base)
+        options.setdefault('kan_mid_norm', True)
+    return dict(family.defaults(), kan_type=family.kan_type, **options)
+
+
+def _head_classes_from_file(kwargs: Dict[str, Any]) -> None:
+    """A file overlay without ``num_classes`` takes its head's class count, so that timm keeps a head that fits."""
+    overlay = kwargs.get('pretrained_cfg_overlay')
+    if overlay and overlay.get('file') and 'num_classes' not in overlay:
+        head = peek_checkpoint(overlay['file']).head_classes
+        if head:
+            kwargs['pretrained_cfg_overlay'] = dict(overlay, num_classes=head)
+
+
+def _build(variant: str, pretrained: bool, adapter: _AdapterOptions, kan_args: Dict[str, Any],
+           vit_args: Dict[str, Any]) -> Tuple[Any, LoadReport]:
+    """``build_model_with_cfg`` with the bound filter; errors while loading (not while constructing) become a
+    ``CheckpointError`` naming the checkpoint."""
+    report = LoadReport()
+    filter_fn = partial(kan_checkpoint_filter_fn, kan_init=adapter.kan_init, strict=adapter.strict, report=report,
+                        resample=adapter.resample)
+    constructed = []
+
+    def construct(**kw) -> KANVisionTransformer:
+        constructed.append(KANVisionTransformer(**kw))
+        return constructed[-1]
 
     try:
         model = build_model_with_cfg(
-            KANVisionTransformer,
-            variant,
-            pretrained,
-            pretrained_filter_fn=kan_checkpoint_filter_fn,
-            pretrained_strict=user_strict,
-            strict_load=user_strict,
-            feature_cfg=dict(out_indices=kwargs.pop('out_indices', 3), feature_cls='getter'),
-            kan_args=kan_args,
-            kan_init=kan_init,
-            **dict(vit_args, **kwargs),
-        )
+            construct, variant, pretrained, pretrained_filter_fn=filter_fn, pretrained_strict=adapter.strict,
+            feature_cfg=dict(out_indices=vit_args.pop('out_indices', 3), feature_cls='getter'),
+            kan_args=kan_args, npz_filter=filter_fn, **vit_args)
     except CheckpointError:
         raise
-    except (OSError, EOFError, KeyError, RuntimeError, pickle.UnpicklingError, SafetensorError) as e:
-        if not pretrained:
+    except _LOAD_ERRORS as e:
+        if not (pretrained and constructed):
             raise
-        overlay = kwargs.get('pretrained_cfg_overlay') or {}
+        overlay = vit_args.get('pretrained_cfg_overlay') or {}
         source = overlay.get('file') or overlay.get('hf_hub_id') or f'the pretrained weights of {variant}'
         reason = f'{type(e).__name__}: {e}' if str(e) else f'{type(e).__name__} (missing or unreadable file)'
         raise CheckpointError(f'cannot load {source} into {variant}: {reason}') from e
-    # record the resolved KAN options so that exports rebuild the same layers
-    options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in kan_args.items() if k != 'kan_type'}
-    model._model_args = dict(getattr(model, '_model_args', {}), **options)
+    return model, report
 
-    loaded_from_vit = getattr(_unwrap(model), 'checkpoint_layout', None) == 'vit'
-    if freeze_policy is None:
-        freeze_policy = 'backbone' if loaded_from_vit else 'none'
-    freeze(_unwrap(model), freeze_policy)
+
+def _create_kan_vit(variant: str, pretrained: bool = False, **kwargs) -> KANVisionTransformer:
+    """Build a KAN-ViT variant: check the options, resolve the family's, build and load, then freeze."""
+    family, arch = _resolve_variant(variant)
+    _check_kwargs(variant, family, kwargs)
+    adapter = _adapter_options(pretrained, kwargs)
+    kan_args = _kan_args(family, adapter.kan_init, kwargs)
+    if 'act_layer' in kwargs:
+        kwargs['act_layer'] = get_act_layer(kwargs['act_layer'])
+    if pretrained:
+        _head_classes_from_file(kwargs)
+    model, report = _build(variant, pretrained, adapter, kan_args, dict(ARCHS[arch][0], **kwargs))
+    vit = getattr(model, 'model', model)  # the ViT inside a features_only wrapper
+    vit.pretrained_load = report if report.layout is not None else None
+    freeze = adapter.freeze or ('backbone' if report.layout == 'vit' else 'none')
+    apply_freeze_policy(vit, freeze)
     return model
 
 
-def _unwrap(model):
-    """The ViT inside a ``features_only`` wrapper."""
-    return getattr(model, 'model', model)
-
-
-def _resolve_variant(variant: str):
-    for family in KAN_FAMILIES:
-        if variant.startswith(family + '_'):
-            arch = variant[len(family) + 1:]
-            for name, (_, alias, _, _) in _ARCHS.items():
-                if arch in (name, alias):
-                    return family, name
+def _resolve_variant(variant: str) -> Tuple[KANFamily, str]:
+    family = family_of_model(variant)
+    if family is not None:
+        arch = variant[len(family.prefix) + 1:]
+        for name, (_, alias, _, _) in ARCHS.items():
+            if arch in (name, alias):
+                return family, name
     raise ValueError(f'unknown KAN-ViT variant {variant!r}')
 
 
@@ -239,295 +283,30 @@ def _kan_cfg(hf_hub_id: str, num_classes: int) -> Dict[str, Any]:
                 crop_pct=0.9, custom_load=False)
 
 
-def _pretrained_tag(hub_id: str) -> str:
-    return hub_id.split('.', 1)[1]
-
-
 default_cfgs = generate_default_cfgs({
-    f'{family}_{name}.{_pretrained_tag(hub_id)}': _kan_cfg(hub_id, classes)
-    for family in KAN_FAMILIES
-    for arch, (_, alias, hub_id, classes) in _ARCHS.items()
+    f'{family.prefix}_{name}.{hub_id.split(".", 1)[1]}': _kan_cfg(hub_id, classes)
+    for family in KAN_FAMILIES.values()
+    for arch, (_, alias, hub_id, classes) in ARCHS.items()
     for name in (arch, alias)
 })
 
 
-
-
-@register_model
-def kan_vit_tiny_patch16_224(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('kan_vit_tiny_patch16_224', pretrained, **kwargs)
-
-
-@register_model
-def kan_vit_small_patch16_224(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('kan_vit_small_patch16_224', pretrained, **kwargs)
-
-
-@register_model
-def kan_vit_base_patch16_224(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('kan_vit_base_patch16_224', pretrained, **kwargs)
-
-
-@register_model
-def kan_vit_base_patch32_224(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('kan_vit_base_patch32_224', pretrained, **kwargs)
-
-
-@register_model
-def kan_vit_large_patch16_224(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('kan_vit_large_patch16_224', pretrained, **kwargs)
-
-
-@register_model
-def kan_vit_large_patch32_224(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('kan_vit_large_patch32_224', pretrained, **kwargs)
-
-
-@register_model
-def kan_vit_huge_patch14_224(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('kan_vit_huge_patch14_224', pretrained, **kwargs)
-
-
-@register_model
-def chebykan_vit_tiny_patch16_224(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('chebykan_vit_tiny_patch16_224', pretrained, **kwargs)
-
-
-@register_model
-def chebykan_vit_small_patch16_224(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('chebykan_vit_small_patch16_224', pretrained, **kwargs)
-
-
-@register_model
-def chebykan_vit_base_patch16_224(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('chebykan_vit_base_patch16_224', pretrained, **kwargs)
-
-
-@register_model
-def chebykan_vit_base_patch32_224(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('chebykan_vit_base_patch32_224', pretrained, **kwargs)
-
-
-@register_model
-def chebykan_vit_large_patch16_224(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('chebykan_vit_large_patch16_224', pretrained, **kwargs)
-
-
-@register_model
-def chebykan_vit_large_patch32_224(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('chebykan_vit_large_patch32_224', pretrained, **kwargs)
-
-
-@register_model
-def chebykan_vit_huge_patch14_224(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('chebykan_vit_huge_patch14_224', pretrained, **kwargs)
-
-
-@register_model
-def rbfkan_vit_tiny_patch16_224(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('rbfkan_vit_tiny_patch16_224', pretrained, **kwargs)
-
-
-@register_model
-def rbfkan_vit_small_patch16_224(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('rbfkan_vit_small_patch16_224', pretrained, **kwargs)
-
-
-@register_model
-def rbfkan_vit_base_patch16_224(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('rbfkan_vit_base_patch16_224', pretrained, **kwargs)
-
-
-@register_model
-def rbfkan_vit_base_patch32_224(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('rbfkan_vit_base_patch32_224', pretrained, **kwargs)
-
-
-@register_model
-def rbfkan_vit_large_patch16_224(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('rbfkan_vit_large_patch16_224', pretrained, **kwargs)
-
-
-@register_model
-def rbfkan_vit_large_patch32_224(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('rbfkan_vit_large_patch32_224', pretrained, **kwargs)
-
-
-@register_model
-def rbfkan_vit_huge_patch14_224(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('rbfkan_vit_huge_patch14_224', pretrained, **kwargs)
-
-
-@register_model
-def grkan_vit_tiny_patch16_224(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('grkan_vit_tiny_patch16_224', pretrained, **kwargs)
-
-
-@register_model
-def grkan_vit_small_patch16_224(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('grkan_vit_small_patch16_224', pretrained, **kwargs)
-
-
-@register_model
-def grkan_vit_base_patch16_224(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('grkan_vit_base_patch16_224', pretrained, **kwargs)
-
-
-@register_model
-def grkan_vit_base_patch32_224(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('grkan_vit_base_patch32_224', pretrained, **kwargs)
-
-
-@register_model
-def grkan_vit_large_patch16_224(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('grkan_vit_large_patch16_224', pretrained, **kwargs)
-
-
-@register_model
-def grkan_vit_large_patch32_224(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('grkan_vit_large_patch32_224', pretrained, **kwargs)
-
-
-@register_model
-def grkan_vit_huge_patch14_224(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('grkan_vit_huge_patch14_224', pretrained, **kwargs)
-
-
-@register_model
-def kan_vit_t16(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('kan_vit_t16', pretrained, **kwargs)
-
-
-@register_model
-def kan_vit_s16(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('kan_vit_s16', pretrained, **kwargs)
-
-
-@register_model
-def kan_vit_b16(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('kan_vit_b16', pretrained, **kwargs)
-
-
-@register_model
-def kan_vit_b32(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('kan_vit_b32', pretrained, **kwargs)
-
-
-@register_model
-def kan_vit_l16(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('kan_vit_l16', pretrained, **kwargs)
-
-
-@register_model
-def kan_vit_l32(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('kan_vit_l32', pretrained, **kwargs)
-
-
-@register_model
-def kan_vit_h14(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('kan_vit_h14', pretrained, **kwargs)
-
-
-@register_model
-def chebykan_vit_t16(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('chebykan_vit_t16', pretrained, **kwargs)
-
-
-@register_model
-def chebykan_vit_s16(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('chebykan_vit_s16', pretrained, **kwargs)
-
-
-@register_model
-def chebykan_vit_b16(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('chebykan_vit_b16', pretrained, **kwargs)
-
-
-@register_model
-def chebykan_vit_b32(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('chebykan_vit_b32', pretrained, **kwargs)
-
-
-@register_model
-def chebykan_vit_l16(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('chebykan_vit_l16', pretrained, **kwargs)
-
-
-@register_model
-def chebykan_vit_l32(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('chebykan_vit_l32', pretrained, **kwargs)
-
-
-@register_model
-def chebykan_vit_h14(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('chebykan_vit_h14', pretrained, **kwargs)
-
-
-@register_model
-def rbfkan_vit_t16(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('rbfkan_vit_t16', pretrained, **kwargs)
-
-
-@register_model
-def rbfkan_vit_s16(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('rbfkan_vit_s16', pretrained, **kwargs)
-
-
-@register_model
-def rbfkan_vit_b16(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('rbfkan_vit_b16', pretrained, **kwargs)
-
-
-@register_model
-def rbfkan_vit_b32(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('rbfkan_vit_b32', pretrained, **kwargs)
-
-
-@register_model
-def rbfkan_vit_l16(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('rbfkan_vit_l16', pretrained, **kwargs)
-
-
-@register_model
-def rbfkan_vit_l32(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('rbfkan_vit_l32', pretrained, **kwargs)
-
-
-@register_model
-def rbfkan_vit_h14(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('rbfkan_vit_h14', pretrained, **kwargs)
-
-
-@register_model
-def grkan_vit_t16(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('grkan_vit_t16', pretrained, **kwargs)
-
-
-@register_model
-def grkan_vit_s16(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('grkan_vit_s16', pretrained, **kwargs)
-
-
-@register_model
-def grkan_vit_b16(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('grkan_vit_b16', pretrained, **kwargs)
-
-
-@register_model
-def grkan_vit_b32(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('grkan_vit_b32', pretrained, **kwargs)
-
-
-@register_model
-def grkan_vit_l16(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('grkan_vit_l16', pretrained, **kwargs)
-
-
-@register_model
-def grkan_vit_l32(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('grkan_vit_l32', pretrained, **kwargs)
-
-
-@register_model
-def grkan_vit_h14(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-    return _create_kan_vit('grkan_vit_h14', pretrained, **kwargs)
+def _entry_point(variant: str, family: KANFamily, arch: str) -> Callable[..., KANVisionTransformer]:
+    vit, _, hub_id, _ = ARCHS[arch]
+
+    def create(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
+        return _create_kan_vit(variant, pretrained, **kwargs)
+
+    create.__name__ = create.__qualname__ = variant
+    create.__module__ = __name__
+    create.__doc__ = (
+        f'ViT {arch} with {family.describe()} feed-forward layers: patch {vit["patch_size"]}, width '
+        f'{vit["embed_dim"]}, depth {vit["depth"]}, {vit["num_heads"]} heads. ``pretrained=True`` adapts '
+        f'timm/{hub_id}.')
+    return create
+
+
+for _family in KAN_FAMILIES.values():
+    for _arch, (_, _alias, _, _) in ARCHS.items():
+        for _variant in (f'{_family.prefix}_{_arch}', f'{_family.prefix}_{_alias}'):
+            globals()[_variant] = register_model(_entry_point(_variant, _family, _arch))

@@ -1,0 +1,82 @@
+"""What ``timm-kan compare`` writes: the markdown table, ``results.json``, ``results.csv`` and the plots.
+
+Every file is replaced atomically after each epoch of each model, so an interrupted run keeps what it finished.
+"""
+import csv
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+from .io import markdown_table, write_json_atomic
+
+__all__ = ['TABLE_COLUMNS', 'format_table', 'write_results']
+
+TABLE_COLUMNS = (
+    ('model', 'model', '{}'), ('design', 'design', '{}'), ('params (M)', 'params', '{:.2f}'),
+    ('trainable (M)', 'trainable_params', '{:.2f}'), ('GFLOPs', 'gflops', '{:.3f}'),
+    ('train min', 'train_minutes', '{:.2f}'), ('img/s', 'images_per_second', '{:.0f}'),
+    ('peak MiB', 'peak_memory_mib', '{:.0f}'), ('val loss', 'val_loss', '{:.4f}'),
+    ('top-1', 'top1', '{:.2f}'), ('top-5', 'top5', '{:.2f}'),
+)
+_CSV_FIELDS = ['model', 'design', 'params', 'trainable_params', 'gflops', 'epoch', 'train_loss', 'val_loss', 'top1',
+               'top5', 'epoch_seconds', 'images_per_second', 'lr', 'peak_memory_mib']
+
+
+def format_table(results: Sequence[Dict[str, Any]]) -> str:
+    """Markdown table of the comparison (parameters in millions)."""
+    rows = [[fmt.format(r[key] / 1e6 if key in ('params', 'trainable_params') else r[key])
+             for _, key, fmt in TABLE_COLUMNS] for r in results]
+    return markdown_table([c[0] for c in TABLE_COLUMNS], rows)
+
+
+def write_results(results: List[Dict[str, Any]], out_dir: Path, meta: Dict[str, Any]) -> None:
+    """results.json (run configuration and every model's result and history), results.csv (a row per model and
+    epoch) and the plots; each file replaced atomically."""
+    out_dir = Path(out_dir)
+    write_json_atomic(out_dir / 'results.json', dict(meta, results=results))
+    tmp = out_dir / '.results.csv.tmp'
+    with tmp.open('w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=_CSV_FIELDS)
+        writer.writeheader()
+        for r in results:
+            for h in r['history']:
+                writer.writerow({k: h.get(k, r.get(k)) for k in _CSV_FIELDS})
+    os.replace(tmp, out_dir / 'results.csv')
+    _plot(results, out_dir)
+
+
+def _savefig(fig, path: Path) -> None:
+    tmp = path.with_name(f'.{path.stem}.tmp.png')
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+
+
+def _plot(results: List[Dict[str, Any]], out_dir: Path) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    for metric, fname, ylabel in (
+            (('train_loss', 'val_loss'), 'loss.png', 'loss'), (('top1', 'top5'), 'accuracy.png', 'accuracy (%)')):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for r in results:
+            epochs = [h['epoch'] for h in r['history']]
+            for m, style in zip(metric, ('-', '--')):
+                ax.plot(epochs, [h[m] for h in r['history']], style, marker='o', ms=3, label=f'{r["model"]} {m}')
+        ax.set_xlabel('epoch')
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        _savefig(fig, out_dir / fname)
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for r in results:
+        ax.scatter(r['gflops'], r['top1'], s=40)
+        ax.annotate(r['model'], (r['gflops'], r['top1']), fontsize=7, xytext=(4, 4), textcoords='offset points')
+    ax.set_xlabel('GFLOPs per image (forward)')
+    ax.set_ylabel('validation top-1 (%)')
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _savefig(fig, out_dir / 'accuracy_vs_gflops.png')
+    plt.close(fig)

@@ -1,0 +1,326 @@
+"""One model's training run for ``timm-kan compare``, built from timm's parts.
+
+``timm.data.create_dataset`` / ``create_loader``, ``timm.optim.create_optimizer_v2``,
+``timm.scheduler.create_scheduler_v2``, ``timm.utils.ModelEmaV3``, AMP autocast with ``NativeScaler`` on GPU,
+``timm.loss``. After every epoch the run's full state (weights, optimizer, scheduler, EMA, history, random
+number generators) is saved atomically, so an interrupted run continues exactly where it stopped.
+"""
+import contextlib
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import timm
+from timm.data import create_dataset, create_loader
+from timm.loss import LabelSmoothingCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3, NativeScaler, accuracy, decay_batch_step, random_seed
+
+from .accounting import count_flops, count_parameters, model_data_config
+from .data import split_class_map
+from .layers import design_name
+
+__all__ = ['RunContext', 'suggest_batch_size', 'train_model', 'checkpoint_path']
+
+
+@dataclass
+class RunContext:
+    """What every model of a comparison shares: data, recipe, device, process group, output folder."""
+    data_root: Path
+    classes: List[str]
+    recipe: Dict[str, Any]
+    device: torch.device
+    out_dir: Path
+    seed: int = 0
+    distributed: bool = False
+    rank: int = 0
+    workers: Optional[int] = None
+    amp: bool = True
+    amp_dtype: str = 'float16'
+    model_ema_decay: Optional[float] = None
+    progress: Optional[bool] = None
+    on_epoch: Callable[[Dict[str, Any]], None] = field(default=lambda result: None)
+
+
+def suggest_batch_size(step: Callable[[int], None], batch_size: int) -> int:
+    """Largest batch size below ``batch_size`` (halving, timm's ``decay_batch_step``) for which ``step(b)`` runs
+    without running out of GPU memory (0 if none)."""
+    b = decay_batch_step(batch_size, num_intra_steps=1)
+    while b >= 1:
+        try:
+            step(b)
+            return b
+        except torch.cuda.OutOfMemoryError:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            b = decay_batch_step(b, num_intra_steps=1)
+    return 0
+
+
+class _PeakMemory:
+    """Peak memory of one model's run: the CUDA allocator's peak, or on CPU the process's peak RSS.
+
+    On CPU the kernel's high-water mark (VmHWM) is reset through ``/proc/self/clear_refs`` before each model:
+    it is the only per-model peak Linux keeps without a sampling thread, and the reset touches nothing but this
+    process's own peak counter. Where the file cannot be written the figure is the process's peak so far.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def reset(self) -> None:
+        if self.device.type == 'cuda':
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        with contextlib.suppress(OSError):
+            Path('/proc/self/clear_refs').write_text('5')
+
+    def peak_mib(self) -> float:
+        if self.device.type == 'cuda':
+            return torch.cuda.max_memory_allocated(self.device) / 2 ** 20
+        with contextlib.suppress(OSError):
+            for line in Path('/proc/self/status').read_text().splitlines():
+                if line.startswith('VmHWM:'):
+                    return int(line.split()[1]) / 1024
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _all_sum(values: List[float], ctx: RunContext) -> List[float]:
+    if not ctx.distributed:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=ctx.device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def checkpoint_path(out_dir: Path, name: str) -> Path:
+    return Path(out_dir) / timm.models.safe_model_name(name) / 'checkpoint.pth.tar'
+
+
+def _model_args(name: str, create_kwargs: Dict[str, Any], model: nn.Module) -> Dict[str, Any]:
+    """Arguments that rebuild the trained architecture (no pretrained load): ``predict`` and ``push`` use them."""
+    from .models import architecture_kwargs
+
+    kwargs = {k: v for k, v in create_kwargs.items() if k not in ('pretrained', 'pretrained_cfg_overlay')}
+    args = architecture_kwargs(name, kwargs)
+    if hasattr(model, 'architecture_args'):
+        args.update(model.architecture_args())
+    return args
+
+
+def _loaders(ctx: RunContext, data_config: Dict[str, Any]):
+    recipe = ctx.recipe
+    class_map = split_class_map(ctx.classes)
+    train_set = create_dataset('', root=str(ctx.data_root), split='train', is_training=True, class_map=class_map)
+    val_set = create_dataset('', root=str(ctx.data_root), split='val', class_map=class_map)
+    workers = ctx.workers if ctx.workers is not None else (4 if ctx.device.type == 'cuda' else 0)
+    common = dict(
+        input_size=data_config['input_size'], interpolation=data_config['interpolation'], mean=data_config['mean'],
+        std=data_config['std'], num_workers=workers, distributed=ctx.distributed, use_prefetcher=False,
+        pin_memory=ctx.device.type == 'cuda', persistent_workers=workers > 0)
+    train = create_loader(train_set, batch_size=recipe['batch_size'], is_training=True, scale=recipe['scale'],
+                          ratio=recipe['ratio'], hflip=recipe['hflip'], color_jitter=0.0, **common)
+    val = create_loader(val_set, batch_size=recipe['batch_size'], is_training=False, crop_pct=recipe['crop_pct'],
+                        **common)
+    return train, val
+
+
+@dataclass
+class _Run:
+    """A model in training and everything a resumed run needs back."""
+    name: str
+    model: nn.Module
+    train_model: nn.Module
+    optimizer: Any
+    scheduler: Any
+    epochs: int
+    ema: Optional[ModelEmaV3]
+    scaler: Optional[NativeScaler]
+    autocast: Callable
+    summary: Dict[str, Any]
+    history: List[Dict[str, Any]] = field(default_factory=list)
+    train_seconds: float = 0.0
+    images_seen: int = 0
+
+
+def _start(name: str, create_kwargs: Dict[str, Any], ctx: RunContext) -> _Run:
+    random_seed(ctx.seed, ctx.rank)
+    model = timm.create_model(name, **create_kwargs)
+    params = count_parameters(model)
+    input_size = model_data_config(model)['input_size']
+    summary = dict(
+        model=name, design=design_name(name), params=params['total'], trainable_params=params['trainable'],
+        params_by_part={k: params[k] for k in ('attention', 'ffn', 'other')},
+        gflops=count_flops(model, input_size) / 1e9, input_size=list(input_size),
+        model_args=_model_args(name, create_kwargs, model))
+    model.to(ctx.device)
+    recipe = ctx.recipe
+    optimizer = create_optimizer_v2(
+        model, opt=recipe['opt'], lr=recipe['lr'], weight_decay=recipe['weight_decay'], momentum=recipe['momentum'])
+    scheduler, epochs = create_scheduler_v2(
+        optimizer, sched='cosine', num_epochs=recipe['epochs'], min_lr=recipe['lr'] * recipe['min_lr_ratio'],
+        warmup_epochs=recipe['warmup_epochs'], warmup_lr=recipe['lr'] * 0.01)
+    train_model = model
+    if ctx.distributed:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[ctx.device.index] if ctx.device.type == 'cuda' else None)
+    use_amp = ctx.amp and ctx.device.type == 'cuda'
+    amp_dtype = torch.bfloat16 if ctx.amp_dtype == 'bfloat16' else torch.float16
+    autocast = (lambda: torch.autocast('cuda', dtype=amp_dtype)) if use_amp else contextlib.nullcontext
+    return _Run(name, model, train_model, optimizer, scheduler, epochs,
+                ModelEmaV3(model, decay=ctx.model_ema_decay) if ctx.model_ema_decay else None,
+                NativeScaler() if use_amp and amp_dtype == torch.float16 else None, autocast, summary)
+
+
+def _save(run: _Run, ctx: RunContext) -> None:
+    """The run's complete state after an epoch, written to a temporary file and renamed."""
+    if ctx.rank != 0:
+        return
+    path = checkpoint_path(ctx.out_dir, run.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np_state = np.random.get_state()
+    state = dict(
+        state_dict=run.model.state_dict(), arch=run.name, model_args=run.summary['model_args'],
+        class_map={str(i): c for i, c in enumerate(ctx.classes)}, epoch=len(run.history),
+        train_state=dict(
+            optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(), history=run.history,
+            train_seconds=run.train_seconds, images_seen=run.images_seen, torch_rng=torch.get_rng_state(),
+            python_rng=random.getstate(), numpy_rng=[np_state[0], np_state[1].tolist(), *np_state[2:]],
+            scaler=run.scaler.state_dict() if run.scaler is not None else None))
+    if run.ema is not None:
+        state['state_dict_ema'] = run.ema.module.state_dict()
+    tmp = path.with_name(path.name + '.tmp')
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _restore(run: _Run, path: Path) -> None:
+    """Continue ``run`` from the state ``_save`` wrote after its last finished epoch."""
+    state = torch.load(path, map_location='cpu', weights_only=True)
+    train_state = state['train_state']
+    run.model.load_state_dict(state['state_dict'])
+    if run.ema is not None:
+        run.ema.module.load_state_dict(state['state_dict_ema'])
+    run.optimizer.load_state_dict(train_state['optimizer'])
+    run.scheduler.load_state_dict(train_state['scheduler'])
+    if run.scaler is not None and train_state['scaler'] is not None:
+        run.scaler.load_state_dict(train_state['scaler'])
+    run.history, run.train_seconds = list(train_state['history']), train_state['train_seconds']
+    run.images_seen = train_state['images_seen']
+    torch.set_rng_state(train_state['torch_rng'])
+    random.setstate(train_state['python_rng'])
+    kind, keys, *rest = train_state['numpy_rng']
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
+
+
+def _train_epoch(run: _Run, loader, loss_fn, ctx: RunContext, epoch: int) -> Dict[str, float]:
+    from tqdm import tqdm
+
+    run.train_model.train()
+    loss_sum, count = 0.0, 0
+    start = time.perf_counter()
+    hide_bar = True if ctx.rank != 0 else (None if ctx.progress is None else not ctx.progress)
+    bar = tqdm(loader, desc=f'{run.name} epoch {epoch + 1}/{run.epochs}', leave=False, disable=hide_bar)
+    for x, y in bar:
+        x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+        try:
+            loss = _train_step(run, loss_fn, x, y)
+        except torch.cuda.OutOfMemoryError as e:
+            run.optimizer.zero_grad(set_to_none=True)
+            fits = suggest_batch_size(lambda b: _train_step(run, loss_fn, x[:b], y[:b]), x.shape[0])
+            raise RuntimeError(
+                f'{run.name}: out of GPU memory at batch size {x.shape[0]}; '
+                + (f'batch size {fits} fits: pass --batch-size {fits}' if fits else 'even batch size 1 fails')) from e
+        loss_sum += loss * x.shape[0]
+        count += x.shape[0]
+        bar.set_postfix(loss=f'{loss:.3f}')
+    if ctx.device.type == 'cuda':
+        torch.cuda.synchronize(ctx.device)
+    seconds = time.perf_counter() - start
+    loss_sum, count = _all_sum([loss_sum, count], ctx)
+    return dict(train_loss=loss_sum / max(count, 1), seconds=seconds, count=count)
+
+
+def _train_step(run: _Run, loss_fn, x: torch.Tensor, y: torch.Tensor) -> float:
+    with run.autocast():
+        loss = loss_fn(run.train_model(x), y)
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.scaler is not None:
+        run.scaler(loss, run.optimizer, parameters=run.model.parameters())
+    else:
+        loss.backward()
+        run.optimizer.step()
+    if run.ema is not None:
+        run.ema.update(run.model)
+    return loss.item()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, topk: Sequence[int], ctx: RunContext, autocast=contextlib.nullcontext):
+    """Validation loss, top-1 and top-k (%) over the whole split (summed over processes under DDP)."""
+    model.eval()
+    loss_fn = nn.CrossEntropyLoss()
+    loss_sum, c1, c5, n = 0.0, 0.0, 0.0, 0
+    for x, y in loader:
+        x, y = x.to(ctx.device), y.to(ctx.device)
+        with autocast():
+            out = model(x)
+        out = out.float()
+        loss_sum += loss_fn(out, y).item() * x.shape[0]
+        a1, a5 = accuracy(out, y, topk=topk)
+        c1 += a1.item() * x.shape[0] / 100
+        c5 += a5.item() * x.shape[0] / 100
+        n += x.shape[0]
+    loss_sum, c1, c5, n = _all_sum([loss_sum, c1, c5, n], ctx)
+    return dict(loss=loss_sum / n, top1=100 * c1 / n, top5=100 * c5 / n)
+
+
+def _result(run: _Run, peak_mib: float) -> Dict[str, Any]:
+    final = run.history[-1]
+    return dict(
+        run.summary, train_minutes=run.train_seconds / 60,
+        images_per_second=run.images_seen / max(run.train_seconds, 1e-9), peak_memory_mib=peak_mib,
+        val_loss=final['val_loss'], top1=final['top1'], top5=final['top5'], epochs=run.epochs,
+        complete=len(run.history) == run.epochs, history=run.history)
+
+
+def train_model(name: str, create_kwargs: Dict[str, Any], ctx: RunContext, resume: bool = False) -> Dict[str, Any]:
+    """Train one model under the shared recipe; with ``resume`` continue from its last saved epoch.
+
+    ``ctx.on_epoch`` receives the model's result so far after every epoch (for atomic results files).
+    """
+    run = _start(name, create_kwargs, ctx)
+    data_config = dict(model_data_config(run.model), input_size=tuple(run.summary['input_size']))
+    train_loader, val_loader = _loaders(ctx, data_config)
+    path = checkpoint_path(ctx.out_dir, name)
+    if resume and path.is_file():
+        _restore(run, path)  # last: the random generators continue from the saved epoch's end
+    loss_fn = LabelSmoothingCrossEntropy(ctx.recipe['smoothing']) if ctx.recipe['smoothing'] else nn.CrossEntropyLoss()
+    topk = (1, min(5, len(ctx.classes)))
+    memory = _PeakMemory(ctx.device)
+    memory.reset()
+    for epoch in range(len(run.history), run.epochs):
+        if ctx.distributed and hasattr(train_loader.sampler, 'set_epoch'):
+            train_loader.sampler.set_epoch(epoch)
+        stats = _train_epoch(run, train_loader, loss_fn, ctx, epoch)
+        run.train_seconds += stats['seconds']
+        run.images_seen += stats['count']
+        run.scheduler.step(epoch + 1)
+        val = evaluate(run.ema.module if run.ema is not None else run.model, val_loader, topk, ctx, run.autocast)
+        run.history.append(dict(
+            epoch=epoch + 1, train_loss=stats['train_loss'], val_loss=val['loss'], top1=val['top1'],
+            top5=val['top5'], epoch_seconds=stats['seconds'], images_per_second=stats['count'] / stats['seconds'],
+            lr=run.optimizer.param_groups[0]['lr']))
+        _save(run, ctx)
+        ctx.on_epoch(_result(run, memory.peak_mib()))
+    return _result(run, memory.peak_mib())
