@@ -94,7 +94,8 @@ def test_flops_count_the_kan_gemms():
     kan = timm.create_model('chebykan_vit_tiny_patch16_224', degree=degree, **kwargs)
     hidden = 4 * dim
     mlp_flops = 2 * tokens * (dim * hidden + hidden * dim)
-    kan_flops = 2 * tokens * (dim * (degree + 1) * hidden + hidden * (degree + 1) * dim)
+    # T_0 = 1: its coefficients sum to a bias, so each layer's GEMM has K = in * degree
+    kan_flops = 2 * tokens * (dim * degree * hidden + hidden * degree * dim)
     assert count_flops(kan) - count_flops(vit) == depth * (kan_flops - mlp_flops)
 
 

@@ -16,14 +16,14 @@ import datetime
 import io
 import json
 import os
-import statistics
 import sys
-import time
 import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
+
+from .bench_models import _device_and_dtype, _release, _time, bench_paths, bench_training, check_targets
 
 __all__ = ['PublishedChebyshevKAN', 'bench_ffn', 'bench_paths', 'bench_training', 'check_targets',
            'format_report', 'main']
@@ -94,41 +94,51 @@ def _ffn_variants(dim: int, hidden: int, degree: int, fused_ok: bool) -> Dict[st
     return variants
 
 
-def _time(fn: Callable[[], Any], device: torch.device, warmup: int, reps: int) -> float:
-    """Median milliseconds of ``fn`` (device events on CUDA)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        if device.type == 'cuda':
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize(device)
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+def _gemm_flops(module: nn.Module, x: torch.Tensor) -> int:
+    """Matrix-product FLOPs of one forward (the layer's GEMM floor), from ``torch.utils.flop_counter``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        module(x)
+    return counter.get_total_flops()
 
 
-def _device_and_dtype(device: Optional[str], dtype: str) -> Tuple[torch.device, torch.dtype]:
-    return torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu')), getattr(torch, dtype)
+def _measure_variant(make: Callable[[], nn.Module], x: torch.Tensor, amp_dtype: torch.dtype, warmup: int,
+                     reps: int) -> Dict[str, Any]:
+    """Forward and forward+backward milliseconds, GEMM FLOPs and (CUDA) peak extra memory of one FFN."""
+    dev = x.device
+    torch.manual_seed(0)
+    module = make().to(dev)
+    row: Dict[str, Any] = dict(gemm_flops=_gemm_flops(module, x[:8].detach()))
 
+    def fwd():
+        with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32):
+            return module(x)
 
-def _release(dev: torch.device) -> None:
+    def fwd_bwd():
+        fwd().float().sum().backward()
+
+    with torch.no_grad():
+        row['forward_ms'] = _time(fwd, dev, warmup, reps)
+    row['fwd_bwd_ms'] = _time(fwd_bwd, dev, warmup, reps)
     if dev.type == 'cuda':
+        module.zero_grad(set_to_none=True)
+        x.grad = None
         torch.cuda.synchronize(dev)
-        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        fwd_bwd()
+        torch.cuda.synchronize(dev)
+        row['peak_extra_mib'] = (torch.cuda.max_memory_allocated(dev) - base) / 2 ** 20
+    return row
 
 
 def bench_ffn(
         tokens: int, dim: int, hidden: int, degree: int = 3, dtype: str = 'bfloat16', device: Optional[str] = None,
         warmup: int = 3, reps: int = 10, only: Optional[Sequence[str]] = None,
 ) -> List[Dict[str, Any]]:
-    """Rows of forward / forward+backward time and peak extra memory per FFN variant, with ratios to the MLP.
+    """Rows of forward / forward+backward time and peak extra memory per FFN variant, with ratios to the MLP,
+    and each variant's GEMM floor: its matrix-product FLOPs as a multiple of the MLP's.
 
     ``only`` keeps these variants (the MLP always runs). A variant that runs out of memory gets a row
     with no figures and the note ``out of memory``.
@@ -136,7 +146,6 @@ def bench_ffn(
     from .kernels import triton_available
 
     dev, amp_dtype = _device_and_dtype(device, dtype)
-    use_amp = amp_dtype != torch.float32
     fused_ok = dev.type == 'cuda' and triton_available()
     variants = _ffn_variants(dim, hidden, degree, fused_ok)
     unknown = sorted(set(only or ()) - set(variants))
@@ -147,144 +156,22 @@ def bench_ffn(
         if only and name not in only and name != 'mlp':
             continue
         row: Dict[str, Any] = dict(variant=name, forward_ms=None, fwd_bwd_ms=None, peak_extra_mib=None, note='')
+        x = torch.randn(tokens, dim, device=dev, requires_grad=True)
         try:
-            torch.manual_seed(0)
-            module = make().to(dev)
-            x = torch.randn(tokens, dim, device=dev, requires_grad=True)
-
-            def fwd():
-                with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
-                    return module(x)
-
-            def fwd_bwd():
-                fwd().float().sum().backward()
-
-            with torch.no_grad():
-                row['forward_ms'] = _time(fwd, dev, warmup, reps)
-            row['fwd_bwd_ms'] = _time(fwd_bwd, dev, warmup, reps)
-            if dev.type == 'cuda':
-                module.zero_grad(set_to_none=True)
-                x.grad = None
-                torch.cuda.synchronize(dev)
-                base = torch.cuda.memory_allocated(dev)
-                torch.cuda.reset_peak_memory_stats(dev)
-                fwd_bwd()
-                torch.cuda.synchronize(dev)
-                row['peak_extra_mib'] = (torch.cuda.max_memory_allocated(dev) - base) / 2 ** 20
+            row.update(_measure_variant(make, x, amp_dtype, warmup, reps))
         except torch.OutOfMemoryError:
             row.update(forward_ms=None, fwd_bwd_ms=None, note='out of memory')
-        module = x = None
+        x = None
         _release(dev)
         rows.append(row)
     mlp = rows[0]
+    mlp_flops = mlp.get('gemm_flops')
     for r in rows:
         r['fwd_bwd_vs_mlp'] = r['fwd_bwd_ms'] / mlp['fwd_bwd_ms'] if r['fwd_bwd_ms'] else None
+        r['forward_vs_mlp'] = r['forward_ms'] / mlp['forward_ms'] if r['forward_ms'] else None
+        r['gemm_floor'] = r.pop('gemm_flops', 0) / mlp_flops if mlp_flops else None
         r['memory_vs_mlp'] = (r['peak_extra_mib'] / mlp['peak_extra_mib']
                               if r['peak_extra_mib'] and mlp['peak_extra_mib'] else None)
-    return rows
-
-
-def _training_rate(
-        name: str, batch_size: int, img_size: Optional[int], amp_dtype: torch.dtype, dev: torch.device,
-        steps: int, warmup: int, kwargs: Dict[str, Any],
-) -> Optional[float]:
-    """Images/s of AdamW training steps under autocast, or None when the model does not fit."""
-    import timm
-
-    kwargs = dict(kwargs)
-    if img_size:
-        kwargs['img_size'] = img_size
-    try:
-        torch.manual_seed(0)
-        model = timm.create_model(name, num_classes=1000, **kwargs).to(dev).train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        x = torch.randn(batch_size, 3, *model.patch_embed.img_size, device=dev)
-        y = torch.randint(0, 1000, (batch_size,), device=dev)
-
-        def step():
-            with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32):
-                loss = nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-        return batch_size / _time(step, dev, warmup, steps) * 1e3
-    except torch.OutOfMemoryError:
-        return None
-    finally:
-        model = opt = x = y = None  # free this model's memory before the next one is built
-        _release(dev)
-
-
-def bench_training(
-        models: Sequence[str], batch_size: int, img_size: Optional[int] = None, dtype: str = 'bfloat16',
-        device: Optional[str] = None, steps: int = 10, warmup: int = 3, model_kwargs: Optional[Dict] = None,
-) -> List[Dict[str, Any]]:
-    """Training images/s (AdamW, autocast) for each model, and the ratio to the first plain ViT in the list.
-    A model that runs out of memory gets no figures and the note ``out of memory``."""
-    dev, amp_dtype = _device_and_dtype(device, dtype)
-    rows = []
-    for name in models:
-        rate = _training_rate(name, batch_size, img_size, amp_dtype, dev, steps, warmup, model_kwargs or {})
-        rows.append(dict(model=name, batch_size=batch_size, images_per_second=rate,
-                         note='' if rate else 'out of memory'))
-    from .layers import family_of_model
-    base = next((r for r in rows if family_of_model(r['model']) is None and r['images_per_second']), None)
-    for r in rows:
-        r['vs_vit'] = r['images_per_second'] / base['images_per_second'] if base and r['images_per_second'] else None
-    return rows
-
-
-def bench_paths(
-        models: Sequence[str], batch_size: int, img_size: Optional[int] = None, dtype: str = 'bfloat16',
-        device: Optional[str] = None, steps: int = 10, warmup: int = 3, model_kwargs: Optional[Dict] = None,
-) -> List[Dict[str, Any]]:
-    """Training images/s of each KAN-ViT with its fused kernels (``kan_fused=True``) and with the PyTorch
-    reference (``kan_fused=False``), and their ratio (> 1: the kernels are faster)."""
-    dev, amp_dtype = _device_and_dtype(device, dtype)
-    rows = []
-    for name in models:
-        rates = {path: _training_rate(name, batch_size, img_size, amp_dtype, dev, steps, warmup,
-                                      dict(model_kwargs or {}, kan_fused=fused))
-                 for path, fused in (('reference', False), ('fused', True))}
-        ratio = rates['fused'] / rates['reference'] if rates['fused'] and rates['reference'] else None
-        rows.append(dict(model=name, batch_size=batch_size, reference_images_per_second=rates['reference'],
-                         fused_images_per_second=rates['fused'], fused_vs_reference=ratio))
-    return rows
-
-
-# (what, table, row key, row value, column, goal: 'max' or 'min', bound); from the GPU issue's targets
-TARGETS = (
-    ('Chebyshev FFN fwd+bwd time vs MLP', 'ffn', 'variant', 'chebyshev fused', 'fwd_bwd_vs_mlp', 'max', 1.6),
-    ('Chebyshev FFN extra memory vs MLP', 'ffn', 'variant', 'chebyshev fused', 'memory_vs_mlp', 'max', 1.2),
-    ('B-spline FFN fwd+bwd time vs MLP', 'ffn', 'variant', 'bspline fused', 'fwd_bwd_vs_mlp', 'max', 8.0),
-    ('B-spline FFN extra memory vs MLP', 'ffn', 'variant', 'bspline fused', 'memory_vs_mlp', 'max', 2.0),
-    ('chebykan_vit_base_patch16_224 training images/s vs ViT-B', 'training', 'model',
-     'chebykan_vit_base_patch16_224', 'vs_vit', 'min', 0.30),
-    ('kan_vit_base_patch16_224 training images/s vs ViT-B (fits at batch 64)', 'training', 'model',
-     'kan_vit_base_patch16_224', 'vs_vit', 'min', 0.12),
-    ('grkan_vit_base_patch16_224 training images/s vs ViT-B', 'training', 'model',
-     'grkan_vit_base_patch16_224', 'vs_vit', 'min', 0.85),
-)
-# every model of the path table: the fused path never slower than the reference
-PATH_TARGET = 1.0
-
-
-def check_targets(result: Dict[str, Any]) -> List[Dict[str, Any]]:
-    """The targets this result covers, each with its measured value and whether it is met (a run out of
-    memory counts as measured and missed)."""
-    rows = []
-    for what, table, key, value, column, goal, bound in TARGETS:
-        row = next((r for r in result.get(table) or () if r[key] == value), None)
-        if row is None:
-            continue
-        measured = row[column]
-        met = measured is not None and (measured <= bound if goal == 'max' else measured >= bound)
-        rows.append(dict(target=what, goal=f"{'<=' if goal == 'max' else '>='} {bound:g}", measured=measured, met=met))
-    for row in result.get('paths') or ():
-        measured = row['fused_vs_reference']
-        rows.append(dict(target=f"{row['model']} fused vs reference path images/s", goal=f'>= {PATH_TARGET:g}',
-                         measured=measured, met=measured is not None and measured >= PATH_TARGET))
     return rows
 
 
@@ -308,7 +195,8 @@ def format_report(result: Dict[str, Any]) -> str:
         f"Measured {result['date']} on {result['device']} with torch {result['torch']}, Triton {result['triton']}, "
         f"timm {result['timm']}, ikan {result['ikan']}; command: `{result['command']}`",
         f"FFN {shape['dim']}->{shape['hidden']}->{shape['dim']} on {shape['tokens']} tokens, {result['dtype']}, "
-        f"forward and forward+backward, median of {result['reps']} (peak memory above the inputs on CUDA only):",
+        f"forward and forward+backward, median of {result['reps']} (peak memory above the inputs on CUDA only; "
+        "gemm_floor: the variant's matrix-product FLOPs as a multiple of the MLP's):",
         _table(result['ffn']),
     ]
     if result.get('training'):
@@ -323,6 +211,12 @@ def format_report(result: Dict[str, Any]) -> str:
     return '\n\n'.join(parts)
 
 
+# (dim, hidden, tokens) of the FFNs of whole models: ViT-T/S/B at 224 px (ViT-T/S: 22 images of 197 tokens,
+# ViT-B: 64), and README's compare run (width 96, 16 patches + class token, batch 64)
+SHAPES = {'vit-t': (192, 768, 4352), 'vit-s': (384, 1536, 4352), 'vit-b': (768, 3072, 12608),
+          'compare': (96, 384, 1088)}
+
+
 def _parser() -> argparse.ArgumentParser:
     from timm.utils import ParseKwargs
 
@@ -330,9 +224,12 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='timm-kan bench', description=__doc__.split('\n\n')[0])
     p.add_argument('--check', action='store_true',
                    help="run every fused kernel x dtype once against the reference and print the table (no timing)")
-    p.add_argument('--tokens', type=int, default=12608 if cuda else 512, help='rows (batch x tokens)')
-    p.add_argument('--dim', type=int, default=768 if cuda else 64)
-    p.add_argument('--hidden', type=int, default=3072 if cuda else 256)
+    p.add_argument('--shape', choices=sorted(SHAPES), default=None,
+                   help='FFN shape of a model: ' + '; '.join(f'{k}: {v[0]}->{v[1]}->{v[0]} on {v[2]} tokens'
+                                                             for k, v in SHAPES.items()))
+    p.add_argument('--tokens', type=int, default=None, help='rows (batch x tokens); default 12608 on CUDA, 512 on CPU')
+    p.add_argument('--dim', type=int, default=None, help='default 768 on CUDA, 64 on CPU')
+    p.add_argument('--hidden', type=int, default=None, help='default 3072 on CUDA, 256 on CPU')
     p.add_argument('--degree', type=int, default=3)
     p.add_argument('--dtype', default='bfloat16' if cuda else 'float32', choices=('float32', 'bfloat16', 'float16'))
     p.add_argument('--device', default=None)
@@ -367,6 +264,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     import timm
 
     args = _parser().parse_args(argv)
+    cuda = torch.cuda.is_available()
+    preset = SHAPES[args.shape] if args.shape else ((768, 3072, 12608) if cuda else (64, 256, 512))
+    for key, value in zip(('dim', 'hidden', 'tokens'), preset):
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     if args.check:
         table = _self_check_table(args.device)
         print(table)
@@ -376,7 +278,6 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
-    cuda = torch.cuda.is_available()
     result: Dict[str, Any] = dict(
         date=datetime.date.today().isoformat(),
         device=torch.cuda.get_device_name() if cuda and not args.device else (args.device or 'cpu'),

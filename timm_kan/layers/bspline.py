@@ -7,12 +7,20 @@ Evaluated as a batch:
 
     y = base_weight @ act(x) + (spline_weight * spline_scaler) @ B(x)
 
-where B(x) has G + k bases per input built by the Cox-de Boor recursion. Only k + 1 of them are
-non-zero for any x (local support), which the GPU kernels exploit; this module is the reference.
+where B(x) has G + k bases per input. Only k + 1 of them are non-zero for any x (local support), which
+the GPU kernels exploit. On a uniform grid (every layer until ``update_grid`` adapts it) this module computes
+just those k + 1 values, from the interval index m and the position f in [0, 1) inside the interval, by the
+uniform form of the recursion
+
+    b^d_r = ((f + d - r) b^{d-1}_{r-1} + (r + 1 - f) b^{d-1}_r) / d,   B_{m-k+r}(x) = b^k_r,
+    dB_{m-k+r}/dx = (b^{k-1}_{r-1} - b^{k-1}_r) / h,
+
+and scatters them into the dense basis that feeds the one GEMM; adapted (non-uniform) grids take the full
+Cox-de Boor recursion on the layer's knots. Both have closed-form backwards.
 """
 from functools import partial
 import math
-from typing import Optional, Tuple, Type
+from typing import List, Optional, Tuple, Type
 
 import torch
 from torch import nn
@@ -21,7 +29,7 @@ from torch.nn import functional as F
 from ..kernels import register_check_case, use_fused
 from .base import KANLinearBase, check_positive, check_range, fused_check_case
 
-__all__ = ['BSplineKANLinear', 'b_spline_basis', 'uniform_knots']
+__all__ = ['BSplineKANLinear', 'b_spline_basis', 'cox_de_boor_basis', 'uniform_knots', 'grid_is_uniform']
 
 
 def uniform_knots(
@@ -73,8 +81,70 @@ class _BSplineBasis(torch.autograd.Function):
         return (grad * d_bases).sum(-1), None, None
 
 
-def b_spline_basis(x: torch.Tensor, grid: torch.Tensor, spline_order: int) -> torch.Tensor:
-    """Cox-de Boor B-spline bases, computed in fp32 (fp64 for fp64 inputs).
+def _uniform_local_bases(f: torch.Tensor, order: int) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+    """The k + 1 non-zero uniform B-spline values b^k_r(f), r = 0..k, and the k values of order k - 1, each
+    a tensor shaped like ``f`` (elementwise work on contiguous tensors; no (..., k + 1) broadcasts)."""
+    level = [torch.ones_like(f)]
+    lower = level
+    g = 1 - f
+    for d in range(1, order + 1):
+        lower = level
+        # b^d_r = ((f + d - r) b^{d-1}_{r-1} + (r + 1 - f) b^{d-1}_r) / d, with b^{d-1}_{-1} = b^{d-1}_d = 0
+        level = [(g + r) * lower[r] if r == 0 else
+                 (f + (d - r)) * lower[r - 1] if r == d else
+                 (f + (d - r)) * lower[r - 1] + (g + r) * lower[r] for r in range(d + 1)]
+        if d > 1:
+            level = [v.div_(d) for v in level]
+    return level, lower
+
+
+class _UniformBSplineBasis(torch.autograd.Function):
+    """Dense B-spline bases on a uniform grid from the k + 1 local values; backward from their derivatives.
+
+    Basis j = m - k + r exists for 0 <= j < G + k: the local values of the others (past either end of the
+    extended grid, and all of them outside it) are dropped. Per r the work is on contiguous (..., in) tensors.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, lo: torch.Tensor, step: torch.Tensor, grid_size: int, order: int) -> torch.Tensor:
+        u = (x - lo) / step + order  # position in knot steps from the first knot t_0
+        m = torch.floor(u)
+        values, lower = _uniform_local_bases(u - m, order)
+        num_bases = grid_size + order
+        inv_step = 1 / step
+        bases = x.new_zeros(*x.shape, num_bases)
+        saved = []
+        for r in range(order + 1):
+            j = m + (r - order)
+            dropped = (j < 0) | (j >= num_bases)
+            idx = j.clamp_(0, num_bases - 1).long().unsqueeze(-1)
+            bases.scatter_add_(-1, idx, values[r].masked_fill_(dropped, 0.0).unsqueeze(-1))
+            d = (lower[r - 1] if r > 0 else 0) - (lower[r] if r < order else 0)
+            saved += [idx, (d * inv_step).masked_fill_(dropped, 0.0)]
+        ctx.save_for_backward(*saved)
+        return bases
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        saved = ctx.saved_tensors
+        dx = sum(grad.gather(-1, idx).squeeze(-1) * d for idx, d in zip(saved[::2], saved[1::2]))
+        return dx, None, None, None, None
+
+
+def grid_is_uniform(grid: torch.Tensor) -> bool:
+    """Whether every row of knots is evenly spaced (a meta tensor, which has no values, counts as uniform)."""
+    if grid.device.type == 'meta':
+        return True
+    steps = grid[:, 1:] - grid[:, :-1]
+    step = (grid[:, -1] - grid[:, 0]) / (grid.shape[1] - 1)
+    return bool(((steps - step[:, None]).abs() <= 1e-5 * step.abs()[:, None]).all())
+
+
+def b_spline_basis(x: torch.Tensor, grid: torch.Tensor, spline_order: int,
+                   uniform: Optional[bool] = None) -> torch.Tensor:
+    """B-spline bases, computed in fp32 (fp64 for fp64 inputs): local bases on a uniform grid, the Cox-de Boor
+    recursion on any other. ``uniform`` (default: checked on ``grid``) lets a caller that knows skip the check.
 
     Args:
         x: (..., in_features).
@@ -84,6 +154,17 @@ def b_spline_basis(x: torch.Tensor, grid: torch.Tensor, spline_order: int) -> to
     Returns:
         (..., in_features, grid_size + spline_order) bases; each row sums to 1 inside the grid.
     """
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    x, grid = x.to(dtype), grid.to(dtype)
+    if not (grid_is_uniform(grid) if uniform is None else uniform):
+        return _BSplineBasis.apply(x, grid, spline_order)
+    step = (grid[:, -1] - grid[:, 0]) / (grid.shape[1] - 1)
+    grid_size = grid.shape[1] - 2 * spline_order - 1
+    return _UniformBSplineBasis.apply(x, grid[:, spline_order], step, grid_size, spline_order)
+
+
+def cox_de_boor_basis(x: torch.Tensor, grid: torch.Tensor, spline_order: int) -> torch.Tensor:
+    """``b_spline_basis`` by the full Cox-de Boor recursion on any grid (the uniform path's reference)."""
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     return _BSplineBasis.apply(x.to(dtype), grid.to(dtype), spline_order)
 
@@ -165,11 +246,18 @@ class BSplineKANLinear(KANLinearBase):
             if self.bias is not None:
                 y = y + self.bias.to(y.dtype)  # as F.linear under autocast: no fp32 upcast of y
         else:
-            bases = b_spline_basis(x, self.grid, self.spline_order).flatten(-2).to(x.dtype)
+            bases = b_spline_basis(x, self.grid, self.spline_order, self._grid_is_uniform()).flatten(-2).to(x.dtype)
             y = F.linear(bases, self.scaled_spline_weight().flatten(1), self.bias)
         if self.base is not None:
             y = y + self.base(x)
         return y
+
+    def _grid_is_uniform(self) -> bool:
+        """``grid_is_uniform`` of the knots, recomputed only when they change (update_grid, a state-dict load)."""
+        key = (self.grid._version, self.grid.data_ptr(), self.grid.device)
+        if getattr(self, '_uniform_key', None) != key:
+            self._uniform_key, self._uniform = key, grid_is_uniform(self.grid)
+        return self._uniform
 
     @torch.no_grad()
     def update_grid(

@@ -5,7 +5,8 @@ puts one learnable function per edge, expanded in Chebyshev polynomials of the f
 
     y_o = sum_i sum_k c[o, i, k] * T_k(tanh(x_i))
 
-The basis is a fixed map, so the layer is the basis followed by one GEMM with K = in * (degree + 1).
+The basis is a fixed map, so the layer is the basis followed by one GEMM; since T_0 = 1, the reference path
+folds the T_0 coefficients into a bias and runs the GEMM with K = in * degree.
 T_k is built with the recurrence T_0 = 1, T_1 = t, T_{k+1} = 2 t T_k - T_{k-1}. The often-published
 form cos(k * acos(tanh x)) has an infinite derivative once tanh rounds to +-1 (|x| >~ 3.5 in bf16,
 >~ 9 in fp32) and turns gradients into NaN; the recurrence is a polynomial in t and stays finite.
@@ -20,20 +21,54 @@ from torch.nn import functional as F
 from ..kernels import register_check_case, use_fused
 from .base import KANLinearBase, check_positive, fused_check_case
 
-__all__ = ['ChebyshevKANLinear', 'chebyshev_basis']
+__all__ = ['ChebyshevKANLinear', 'chebyshev_basis', 'chebyshev_powers']
 
 
-def chebyshev_basis(x: torch.Tensor, degree: int) -> torch.Tensor:
-    """Return T_0..T_degree of tanh(x), shape (..., in_features, degree + 1), in x's dtype.
+class _ChebyshevBasis(torch.autograd.Function):
+    """T_1..T_d of t = tanh(x) laid out (..., d, in): each T_k is written as one contiguous (..., in) block
+    (T_0 = 1 is left out: its coefficients act as a bias), and the backward needs only t:
+    dT_k/dx = k U_{k-1}(t) (1 - t^2), with U_0 = 1, U_1 = 2t, U_{k+1} = 2t U_k - U_{k-1} (second kind)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, degree: int) -> torch.Tensor:
+        t = torch.tanh(x)
+        out = x.new_empty(*x.shape[:-1], degree, x.shape[-1])
+        out[..., 0, :] = t
+        for k in range(2, degree + 1):  # T_k = 2 t T_{k-1} - T_{k-2}, T_0 = 1
+            step = torch.mul(t, out[..., k - 2, :], out=out[..., k - 1, :]).mul_(2)
+            step.sub_(out[..., k - 3, :]) if k > 2 else step.sub_(1)
+        ctx.save_for_backward(t)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        (t,) = ctx.saved_tensors
+        degree = grad.shape[-2]
+        acc = grad[..., 0, :].clone()
+        u_prev, u = None, 2 * t
+        for k in range(2, degree + 1):
+            acc.addcmul_(grad[..., k - 1, :], u, value=k)
+            if k < degree:
+                u_next = torch.mul(t, u).mul_(2)
+                u_prev, u = u, u_next.sub_(u_prev) if u_prev is not None else u_next.sub_(1)
+        return acc.mul_(1 - t * t), None
+
+
+def chebyshev_powers(x: torch.Tensor, degree: int) -> torch.Tensor:
+    """T_1..T_degree of tanh(x), shape (..., degree, in_features), in x's dtype: the layer's GEMM operand.
 
     The recurrence runs in fp32 for fp16/bf16 inputs (as in the fused kernel): in bf16 its rounding
     errors grow with the degree.
     """
-    t = torch.tanh(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x)
-    polys = [torch.ones_like(t), t]
-    for _ in range(2, degree + 1):
-        polys.append(2 * t * polys[-1] - polys[-2])
-    return torch.stack(polys, dim=-1).to(x.dtype)
+    half = x.dtype in (torch.float16, torch.bfloat16)
+    return _ChebyshevBasis.apply(x.float() if half else x, degree).to(x.dtype)
+
+
+def chebyshev_basis(x: torch.Tensor, degree: int) -> torch.Tensor:
+    """T_0..T_degree of tanh(x), shape (..., in_features, degree + 1), in x's dtype."""
+    powers = chebyshev_powers(x, degree)
+    return torch.cat([torch.ones_like(powers[..., :1, :]), powers], -2).transpose(-1, -2)
 
 
 class ChebyshevKANLinear(KANLinearBase):
@@ -78,8 +113,12 @@ class ChebyshevKANLinear(KANLinearBase):
             if self.bias is not None:
                 y = y + self.bias.to(y.dtype)  # as F.linear under autocast: no fp32 upcast of y
         else:
-            basis = chebyshev_basis(x, self.degree).flatten(-2)
-            y = F.linear(basis, self.coeffs.flatten(1), self.bias)
+            # T_0 = 1, so its coefficients sum to a bias and the GEMM runs on T_1..T_d only (K = in * d); K is
+            # ordered (degree, in) so the basis is written in contiguous blocks and only the small weight moves
+            bias = self.coeffs[..., 0].sum(1)
+            bias = bias if self.bias is None else bias + self.bias
+            powers = chebyshev_powers(x, self.degree).flatten(-2)
+            y = F.linear(powers, self.coeffs[..., 1:].transpose(1, 2).flatten(1), bias)
         if self.base is not None:
             y = y + self.base(x)
         return y

@@ -40,6 +40,60 @@ def _horner(coeffs: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+# |x| up to which the direct form P(x) / Q(x) is evaluated (x^5 is far from fp32's range there); beyond it the
+# x^-4-scaled form keeps every power finite
+_DIRECT_MAX = 1e4
+
+
+class _GroupRationalDirect(torch.autograd.Function):
+    """P(x) / Q(x) per channel group by Horner's rule, x shaped (rows, groups, channels per group), with the
+    gradients for x and both coefficient sets in one closed-form backward (no per-power temporaries kept):
+
+        dy/dx = (P'(x) - y Q'(x)) / Q(x),   dy/da_i = x^i / Q,   dy/db_j = -y |x|^j sign(b_j) / Q
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        a, b_abs = a[:, :, None], b.abs()[:, :, None]  # (groups, n, 1): broadcast over the group's channels
+        p = torch.addcmul(a[:, 4], a[:, 5], x)
+        for i in (3, 2, 1, 0):
+            p = torch.addcmul(a[:, i], p, x)
+        ax = x.abs()
+        q = torch.addcmul(b_abs[:, 2], b_abs[:, 3], ax)
+        for j in (1, 0):
+            q = torch.addcmul(b_abs[:, j], q, ax)
+        q = q.mul_(ax).add_(1)
+        y = p.div_(q)
+        ctx.save_for_backward(x, a, b_abs, b, q, y)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, a, b_abs, b, q, y = ctx.saved_tensors
+        r = grad / q
+        dp = torch.addcmul(a[:, 4] * 4, a[:, 5] * 5, x)  # P' by Horner
+        for i in (3, 2, 1):
+            dp = torch.addcmul(a[:, i] * i, dp, x)
+        ax = x.abs()
+        dq = torch.addcmul(b_abs[:, 2] * 3, b_abs[:, 3] * 4, ax)  # d/d|x| of Q by Horner
+        for j in (1, 0):
+            dq = torch.addcmul(b_abs[:, j] * (j + 1), dq, ax)
+        dx = dp.sub_(dq.mul_(y).mul_(torch.sign(x))).mul_(r)
+        sums = [r.sum((0, 2))]
+        power = r
+        for _ in range(5):
+            power = power * x
+            sums.append(power.sum((0, 2)))
+        power = -r * y
+        for _ in range(4):
+            power = power * ax
+            sums.append(power.sum((0, 2)))
+        grads = torch.stack(sums, -1)  # (groups, 10)
+        # |b| with gradient +1 at b = 0, as the general path (the identity init starts at b = 0)
+        return dx, grads[:, :6], grads[:, 6:] * torch.where(b >= 0, 1.0, -1.0)
+
+
 class GroupRational(nn.Module):
     """Rational activation P(x) / Q(x) with one coefficient set per channel group (last dimension).
 
@@ -93,7 +147,15 @@ class GroupRational(nn.Module):
         if use_fused(x, self.fused, 'rational'):
             from ..kernels.rational_triton import group_rational
             return group_rational(x, self.numerator, self.denominator)
-        xg = x.to(dtype).reshape(*shape[:-1], self.groups, shape[-1] // self.groups)
+        xg = x.to(dtype).reshape(-1, self.groups, shape[-1] // self.groups)
+        if xg.device.type == 'meta' or (xg.numel() and xg.abs().max() <= _DIRECT_MAX):
+            y = _GroupRationalDirect.apply(xg, self.numerator.to(dtype), self.denominator.to(dtype))
+            return y.reshape(shape).to(x.dtype)
+        return self._scaled_form(xg).reshape(shape).to(x.dtype)
+
+    def _scaled_form(self, xg: torch.Tensor) -> torch.Tensor:
+        """P / Q on any input: the direct form for |x| <= 1, the x^-4-scaled form elsewhere (autograd)."""
+        dtype = xg.dtype
         a = self.numerator.to(dtype)[:, None, :]  # (groups, 1, 6): broadcast over the channels of a group
         den = self.denominator.to(dtype)
         # |b| with gradient +1 at b = 0 (abs() has 0 there, and the identity init starts at b = 0 exactly,
@@ -106,8 +168,7 @@ class GroupRational(nn.Module):
         u = 1 / torch.where(small, torch.ones_like(xg), xg)
         num_scaled = _horner(a.flip(-1), u) * torch.where(small, torch.ones_like(xg), xg)  # a5 x + a4 + a3 u + ...
         den_scaled = _horner(torch.cat([b.flip(-1), torch.ones_like(b[..., :1])], -1), u.abs())
-        y = torch.where(small, direct, num_scaled / den_scaled)
-        return y.reshape(shape).to(x.dtype)
+        return torch.where(small, direct, num_scaled / den_scaled)
 
     def extra_repr(self) -> str:
         return f'num_channels={self.num_channels}, groups={self.groups}, order=(5, 4), init={self.init}'

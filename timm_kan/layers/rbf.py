@@ -8,10 +8,12 @@ optional SiLU base branch:
     gaussian:  phi_j(x) = exp(-((x - g_j) / h)^2)
     rswaf:     phi_j(x) = 1 - tanh((x - g_j) / h)^2      (FasterKAN's reflectional switch)
 
-Gradients come from autograd.
+The bases are computed per centre as contiguous (..., in) blocks laid out (..., G, in), the GEMM's operand, and
+the backward is closed-form from the saved bases: d/dx exp(-z^2) = -2 z phi / h and
+d/dx (1 - tanh(z)^2) = -2 tanh(z) phi / h.
 """
 import math
-from typing import Optional, Type
+from typing import Optional, Sequence, Type
 
 import torch
 from torch import nn
@@ -24,12 +26,38 @@ __all__ = ['RBFKANLinear', 'RBF_BASES', 'rbf_basis']
 RBF_BASES = ('gaussian', 'rswaf')
 
 
+class _RBFBasis(torch.autograd.Function):
+    """(..., in) -> (..., G, in) radial bases; backward from the saved bases (which the GEMM keeps anyway)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, centers: Sequence[float], width: float, basis: str) -> torch.Tensor:
+        out = x.new_empty(*x.shape[:-1], len(centers), x.shape[-1])
+        for g, c in enumerate(centers):
+            z = (x - c).mul_(1 / width)
+            if basis == 'gaussian':
+                torch.exp(z.square_().neg_(), out=out[..., g, :])
+            else:
+                torch.sub(1, z.tanh_().square_(), out=out[..., g, :])
+        ctx.save_for_backward(x, out)
+        ctx.centers, ctx.width, ctx.basis = centers, width, basis
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, out = ctx.saved_tensors
+        dx = torch.zeros_like(x)
+        for g, c in enumerate(ctx.centers):
+            z = (x - c).mul_(1 / ctx.width)
+            if ctx.basis != 'gaussian':
+                z = z.tanh_()
+            dx.addcmul_(grad[..., g, :] * out[..., g, :], z, value=-2 / ctx.width)
+        return dx, None, None, None
+
+
 def rbf_basis(x: torch.Tensor, centers: torch.Tensor, width: float, basis: str) -> torch.Tensor:
-    """(..., in) -> (..., in, G) radial bases."""
-    z = (x.unsqueeze(-1) - centers) / width
-    if basis == 'gaussian':
-        return torch.exp(-z * z)
-    return 1 - torch.tanh(z) ** 2
+    """(..., in) -> (..., in, G) radial bases (a view of the layer's (..., G, in) GEMM layout)."""
+    return _RBFBasis.apply(x, tuple(centers.tolist()), width, basis).transpose(-1, -2)
 
 
 class RBFKANLinear(KANLinearBase):
@@ -71,6 +99,8 @@ class RBFKANLinear(KANLinearBase):
         self.width = (hi - lo) / (grid_size - 1)
         self.norm = nn.LayerNorm(in_features, **dd)
         self.register_buffer('centers', torch.linspace(lo, hi, grid_size, device=device), persistent=False)
+        self.center_values = tuple(self.centers.tolist()) if self.centers.device.type != 'meta' else \
+            tuple(lo + i * self.width for i in range(grid_size))
         self.spline_weight = nn.Parameter(torch.empty(out_features, in_features, grid_size, **dd))
         self.reset_parameters()
 
@@ -81,8 +111,9 @@ class RBFKANLinear(KANLinearBase):
         nn.init.uniform_(self.spline_weight, -bound, bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bases = rbf_basis(self.norm(x), self.centers.to(x.dtype), self.width, self.basis)
-        y = F.linear(bases.flatten(-2), self.spline_weight.flatten(1), self.bias)
+        # K ordered (centre, in): each centre's bases are one contiguous block, only the small weight moves
+        bases = _RBFBasis.apply(self.norm(x), self.center_values, self.width, self.basis)
+        y = F.linear(bases.flatten(-2), self.spline_weight.transpose(1, 2).flatten(1), self.bias)
         if self.base is not None:
             y = y + self.base(x)
         return y

@@ -207,7 +207,7 @@ def _kan_args(family: KANFamily, kan_init: str, kwargs: Dict[str, Any]) -> Dict[
                         f"got {key}={options[key]!r}; pass kan_init='random' to use {key}={options[key]!r}")
                 options[key] = needed
         options.setdefault('kan_base', family.default_base)
-        options.setdefault('kan_mid_norm', True)
+        options.setdefault('kan_mid_norm', inspect.signature(KANMlp).parameters['kan_mid_norm'].default)
     return dict(family.defaults(), kan_type=family.kan_type, **options)
 
 
@@ -250,9 +250,9 @@ def _build(variant: str, pretrained: bool, adapter: _AdapterOptions, kan_args: D
     return model, report
 
 
-def _create_kan_vit(variant: str, pretrained: bool = False, **kwargs) -> KANVisionTransformer:
+def _create_kan_vit(variant: str, family: KANFamily, arch: str, pretrained: bool = False,
+                    **kwargs) -> KANVisionTransformer:
     """Build a KAN-ViT variant: check the options, resolve the family's, build and load, then freeze."""
-    family, arch = _resolve_variant(variant)
     _check_kwargs(variant, family, kwargs)
     adapter = _adapter_options(pretrained, kwargs)
     kan_args = _kan_args(family, adapter.kan_init, kwargs)
@@ -266,16 +266,6 @@ def _create_kan_vit(variant: str, pretrained: bool = False, **kwargs) -> KANVisi
     freeze = adapter.freeze or ('backbone' if report.layout == 'vit' else 'none')
     apply_freeze_policy(vit, freeze)
     return model
-
-
-def _resolve_variant(variant: str) -> Tuple[KANFamily, str]:
-    family = family_of_model(variant)
-    if family is not None:
-        arch = variant[len(family.prefix) + 1:]
-        for name, (_, alias, _, _) in ARCHS.items():
-            if arch in (name, alias):
-                return family, name
-    raise ValueError(f'unknown KAN-ViT variant {variant!r}')
 
 
 def _kan_cfg(hf_hub_id: str, num_classes: int) -> Dict[str, Any]:
@@ -295,7 +285,7 @@ def _entry_point(variant: str, family: KANFamily, arch: str) -> Callable[..., KA
     vit, _, hub_id, _ = ARCHS[arch]
 
     def create(pretrained: bool = False, **kwargs) -> KANVisionTransformer:
-        return _create_kan_vit(variant, pretrained, **kwargs)
+        return _create_kan_vit(variant, family, arch, pretrained, **kwargs)
 
     create.__name__ = create.__qualname__ = variant
     create.__module__ = __name__

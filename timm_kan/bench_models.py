@@ -1,0 +1,147 @@
+"""Whole-model rows of ``timm-kan bench``: training images/s per model, the fused against the reference path,
+and the project's GPU targets checked against a result."""
+import statistics
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+__all__ = ['bench_training', 'bench_paths', 'check_targets', 'TARGETS']
+
+
+def _time(fn: Callable[[], Any], device: torch.device, warmup: int, reps: int) -> float:
+    """Median milliseconds of ``fn`` (device events on CUDA)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        if device.type == 'cuda':
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize(device)
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+
+def _device_and_dtype(device: Optional[str], dtype: str) -> Tuple[torch.device, torch.dtype]:
+    return torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu')), getattr(torch, dtype)
+
+
+
+def _release(dev: torch.device) -> None:
+    if dev.type == 'cuda':
+        torch.cuda.synchronize(dev)
+        torch.cuda.empty_cache()
+
+
+
+def _training_rate(
+        name: str, batch_size: int, img_size: Optional[int], amp_dtype: torch.dtype, dev: torch.device,
+        steps: int, warmup: int, kwargs: Dict[str, Any],
+) -> Optional[float]:
+    """Images/s of AdamW training steps under autocast, or None when the model does not fit."""
+    import timm
+
+    kwargs = dict(kwargs)
+    if img_size:
+        kwargs['img_size'] = img_size
+    try:
+        torch.manual_seed(0)
+        model = timm.create_model(name, num_classes=1000, **kwargs).to(dev).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        x = torch.randn(batch_size, 3, *model.patch_embed.img_size, device=dev)
+        y = torch.randint(0, 1000, (batch_size,), device=dev)
+
+        def step():
+            with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32):
+                loss = nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        return batch_size / _time(step, dev, warmup, steps) * 1e3
+    except torch.OutOfMemoryError:
+        return None
+    finally:
+        model = opt = x = y = None  # free this model's memory before the next one is built
+        _release(dev)
+
+
+def bench_training(
+        models: Sequence[str], batch_size: int, img_size: Optional[int] = None, dtype: str = 'bfloat16',
+        device: Optional[str] = None, steps: int = 10, warmup: int = 3, model_kwargs: Optional[Dict] = None,
+) -> List[Dict[str, Any]]:
+    """Training images/s (AdamW, autocast) for each model, and the ratio to the first plain ViT in the list.
+    A model that runs out of memory gets no figures and the note ``out of memory``."""
+    dev, amp_dtype = _device_and_dtype(device, dtype)
+    rows = []
+    for name in models:
+        rate = _training_rate(name, batch_size, img_size, amp_dtype, dev, steps, warmup, model_kwargs or {})
+        rows.append(dict(model=name, batch_size=batch_size, images_per_second=rate,
+                         note='' if rate else 'out of memory'))
+    from .layers import family_of_model
+    base = next((r for r in rows if family_of_model(r['model']) is None and r['images_per_second']), None)
+    for r in rows:
+        r['vs_vit'] = r['images_per_second'] / base['images_per_second'] if base and r['images_per_second'] else None
+    return rows
+
+
+def bench_paths(
+        models: Sequence[str], batch_size: int, img_size: Optional[int] = None, dtype: str = 'bfloat16',
+        device: Optional[str] = None, steps: int = 10, warmup: int = 3, model_kwargs: Optional[Dict] = None,
+) -> List[Dict[str, Any]]:
+    """Training images/s of each KAN-ViT with its fused kernels (``kan_fused=True``) and with the PyTorch
+    reference (``kan_fused=False``), and their ratio (> 1: the kernels are faster)."""
+    dev, amp_dtype = _device_and_dtype(device, dtype)
+    rows = []
+    for name in models:
+        rates = {path: _training_rate(name, batch_size, img_size, amp_dtype, dev, steps, warmup,
+                                      dict(model_kwargs or {}, kan_fused=fused))
+                 for path, fused in (('reference', False), ('fused', True))}
+        ratio = rates['fused'] / rates['reference'] if rates['fused'] and rates['reference'] else None
+        rows.append(dict(model=name, batch_size=batch_size, reference_images_per_second=rates['reference'],
+                         fused_images_per_second=rates['fused'], fused_vs_reference=ratio))
+    return rows
+
+
+# (what, table, row key, row value, column, goal: 'max' or 'min', bound); from the GPU issue's targets
+TARGETS = (
+    ('Chebyshev FFN fwd+bwd time vs MLP', 'ffn', 'variant', 'chebyshev fused', 'fwd_bwd_vs_mlp', 'max', 1.6),
+    ('Chebyshev FFN extra memory vs MLP', 'ffn', 'variant', 'chebyshev fused', 'memory_vs_mlp', 'max', 1.2),
+    ('B-spline FFN fwd+bwd time vs MLP', 'ffn', 'variant', 'bspline fused', 'fwd_bwd_vs_mlp', 'max', 8.0),
+    ('B-spline FFN extra memory vs MLP', 'ffn', 'variant', 'bspline fused', 'memory_vs_mlp', 'max', 2.0),
+    ('chebykan_vit_base_patch16_224 training images/s vs ViT-B', 'training', 'model',
+     'chebykan_vit_base_patch16_224', 'vs_vit', 'min', 0.30),
+    ('kan_vit_base_patch16_224 training images/s vs ViT-B (fits at batch 64)', 'training', 'model',
+     'kan_vit_base_patch16_224', 'vs_vit', 'min', 0.12),
+    ('grkan_vit_base_patch16_224 training images/s vs ViT-B', 'training', 'model',
+     'grkan_vit_base_patch16_224', 'vs_vit', 'min', 0.85),
+)
+# every model of the path table: the fused path never slower than the reference
+PATH_TARGET = 1.0
+
+
+def check_targets(result: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The targets this result covers, each with its measured value and whether it is met (a run out of
+    memory counts as measured and missed)."""
+    rows = []
+    for what, table, key, value, column, goal, bound in TARGETS:
+        row = next((r for r in result.get(table) or () if r[key] == value), None)
+        if row is None:
+            continue
+        measured = row[column]
+        met = measured is not None and (measured <= bound if goal == 'max' else measured >= bound)
+        rows.append(dict(target=what, goal=f"{'<=' if goal == 'max' else '>='} {bound:g}", measured=measured, met=met))
+    for row in result.get('paths') or ():
+        measured = row['fused_vs_reference']
+        rows.append(dict(target=f"{row['model']} fused vs reference path images/s", goal=f'>= {PATH_TARGET:g}',
+                         measured=measured, met=measured is not None and measured >= PATH_TARGET))
+    return rows
