@@ -46,6 +46,11 @@ def test_readme_performance_section_is_the_generated_one():
     assert _block('performance') == performance_section()
 
 
+def test_readme_cpu_performance_section_is_the_generated_one():
+    from timm_kan.tables import cpu_performance_section
+    assert _block('cpu-performance') == cpu_performance_section(ROOT / 'docs' / 'bench' / 'cpu-vit-t.json').strip()
+
+
 def test_update_readme_writes_a_bench_report(tmp_path):
     from timm_kan.bench import main as bench_main
     from timm_kan.tables import update_readme

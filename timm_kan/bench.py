@@ -193,7 +193,9 @@ def format_report(result: Dict[str, Any]) -> str:
     shape = result['shape']
     parts = [
         f"Measured {result['date']} on {result['device']} with torch {result['torch']}, Triton {result['triton']}, "
-        f"timm {result['timm']}, ikan {result['ikan']}; command: `{result['command']}`",
+        f"timm {result['timm']}, ikan {result['ikan']}"
+        + (f"; processor: {result['processor']}" if result.get('processor') else '')
+        + f"; command: `{result['command']}`",
         f"FFN {shape['dim']}->{shape['hidden']}->{shape['dim']} on {shape['tokens']} tokens, {result['dtype']}, "
         f"forward and forward+backward, median of {result['reps']} (peak memory above the inputs on CUDA only; "
         "gemm_floor: the variant's matrix-product FLOPs as a multiple of the MLP's):",
@@ -260,6 +262,16 @@ def _self_check_table(device: Optional[str]) -> str:
                         reason=r.reason) for r in rows]).replace('| max_error |', '| max error |', 1)
 
 
+def _processor() -> str:
+    """'<processor model>, N torch threads' (the model from /proc/cpuinfo where Linux has it)."""
+    model = 'unknown processor'
+    try:
+        model = next(line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo') if line.startswith('model name'))
+    except (OSError, StopIteration):
+        pass
+    return f'{model}, {torch.get_num_threads()} torch threads'
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     import timm
 
@@ -281,6 +293,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     result: Dict[str, Any] = dict(
         date=datetime.date.today().isoformat(),
         device=torch.cuda.get_device_name() if cuda and not args.device else (args.device or 'cpu'),
+        processor=_processor(),
         torch=torch.__version__, triton=triton_version, timm=timm.__version__, ikan=import_ikan()[1],
         command=' '.join(['timm-kan bench', *(sys.argv[1:] if argv is None else argv)]),
         shape=dict(tokens=args.tokens, dim=args.dim, hidden=args.hidden), dtype=args.dtype, reps=args.reps)

@@ -3,7 +3,8 @@
 Sub-commands: ``info`` (parameters and FLOPs of a model), ``convert`` (a ViT checkpoint into a KAN-ViT folder
 for ``local-dir:``/``hf-hub:``), ``compare`` (train models under one recipe and compare them), ``predict``
 (top-k classes of images), ``push`` (a trained checkpoint to the Hugging Face Hub), ``split`` (an image folder
-into train/ and val/), ``models`` (README's generated tables) and ``bench`` (KAN layers against the MLP).
+into train/ and val/), ``models`` (README's generated tables), ``bench`` (KAN layers against the MLP) and
+``explain`` (what a KAN-ViT's layers learned: edge functions, importance, pruning, symbolic fits).
 Every error a user can act on is one line on stderr and exit status 2.
 """
 import argparse
@@ -81,7 +82,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
         max_items=args.max_items, seed=args.seed, workers=args.workers, amp=not args.no_amp,
         amp_dtype=args.amp_dtype, model_ema=args.model_ema, model_ema_decay=args.model_ema_decay,
         device=args.device, progress=False if args.no_progress else None, resume=args.resume,
-        overwrite=args.overwrite)
+        overwrite=args.overwrite, explain=not args.no_explain)
     results = run_compare(cfg)
     if int(os.environ.get('RANK', '0')) == 0:
         print(format_table(results))
@@ -145,7 +146,7 @@ def _cmd_split(args: argparse.Namespace) -> None:
 def _cmd_models(args: argparse.Namespace) -> None:
     from .tables import registry_table, update_readme
     if args.update_readme:
-        update_readme(args.update_readme, args.compare_results, args.bench_results)
+        update_readme(args.update_readme, args.compare_results, args.bench_results, args.cpu_bench_results)
     else:
         print(registry_table())
 
@@ -212,6 +213,8 @@ def _add_compare(sub) -> None:
     p.add_argument('--no-progress', action='store_true')
     p.add_argument('--resume', action='store_true', help='continue the run in --output (same configuration)')
     p.add_argument('--overwrite', action='store_true', help='discard the results already in --output')
+    p.add_argument('--no-explain', action='store_true',
+                   help="skip the explain pictures (overview, top edges) written for each KAN model")
     p.set_defaults(fn=_cmd_compare)
 
 
@@ -258,6 +261,7 @@ def _add_models(sub) -> None:
     p.add_argument('--update-readme', default=None, metavar='README', help='rewrite the tables in this file')
     p.add_argument('--compare-results', default=None, help="results.json whose table goes into the README")
     p.add_argument('--bench-results', default=None, help='timm-kan bench --json output measured on a GPU')
+    p.add_argument('--cpu-bench-results', default=None, help='timm-kan bench --json output measured on a CPU')
     p.set_defaults(fn=_cmd_models)
 
 
@@ -271,7 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='timm-kan', description='KAN Vision Transformers for timm.')
     parser.add_argument('-v', '--verbose', action='store_true', help='log progress at INFO level')
     sub = parser.add_subparsers(dest='command', required=True)
-    for add in (_add_info, _add_convert, _add_compare, _add_predict, _add_push, _add_split, _add_models, _add_bench):
+    from .explain.command import add_explain_parser
+
+    for add in (_add_info, _add_convert, _add_compare, _add_predict, _add_push, _add_split, _add_models, _add_bench,
+                add_explain_parser):
         add(sub)
     return parser
 

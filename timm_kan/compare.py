@@ -85,6 +85,7 @@ class CompareConfig:
     progress: Optional[bool] = None
     resume: bool = False
     overwrite: bool = False
+    explain: bool = True
 
     def resolved(self) -> Dict[str, Any]:
         """The recipe with the bundled set's overrides and the user's values; bad values name the option."""
@@ -196,6 +197,29 @@ def _previous_results(out_dir: Path, cfg: CompareConfig, config: Dict[str, Any],
     return {r['model']: r for r in previous['results'] if r.get('complete')}
 
 
+class _Explainer:
+    """After each model: its blocks recorded on validation images; a KAN model's overview (next to the MLP ViT
+    of the run, when there is one) and top-edge grid written to ``OUTPUT/<model>/explain``."""
+
+    def __init__(self, out_dir: Path, data_root: Path, classes: List[str], seed: int) -> None:
+        self.out_dir, self.data_root, self.classes, self.seed = out_dir, data_root, classes, seed
+        self.reference = None
+
+    def __call__(self, name: str, model: torch.nn.Module, result: Dict[str, Any]) -> None:
+        from .explain import explain_model, load_images, record_blocks
+
+        if not hasattr(model, 'blocks'):
+            return
+        images, _ = load_images(self.data_root, self.classes, model, count=256, seed=self.seed)
+        records = record_blocks(model, images)
+        if records[0].kind == 'mlp':
+            self.reference = self.reference or records
+            return
+        folder = checkpoint_path(self.out_dir, name).parent / 'explain'
+        summary = explain_model(model, images, folder, name=name, reference=self.reference, records=records)
+        result['explain'] = [str(Path(p).relative_to(self.out_dir)) for p in summary['pictures']]
+
+
 def run_compare(cfg: CompareConfig) -> List[Dict[str, Any]]:
     """Train every model of ``cfg.models`` under one recipe and write the comparison outputs."""
     models = [resolve_model_name(m) for m in cfg.models]
@@ -229,7 +253,9 @@ def run_compare(cfg: CompareConfig) -> List[Dict[str, Any]]:
     ctx = RunContext(
         data_root=data_root, classes=classes, recipe=recipe, device=torch.device(info['device']), out_dir=out_dir,
         seed=cfg.seed, distributed=distributed, rank=rank, workers=cfg.workers, amp=cfg.amp, amp_dtype=cfg.amp_dtype,
-        model_ema_decay=cfg.model_ema_decay if cfg.model_ema else None, progress=cfg.progress, on_epoch=write)
+        model_ema_decay=cfg.model_ema_decay if cfg.model_ema else None, progress=cfg.progress, on_epoch=write,
+        on_trained=_Explainer(out_dir, data_root, classes, cfg.seed) if cfg.explain and rank == 0
+        else (lambda name, model, result: None))
     for name in models:
         if name in done:
             results.append(done[name])

@@ -4,28 +4,67 @@ Every file is replaced atomically after each epoch of each model, so an interrup
 """
 import csv
 import os
+import statistics
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
 from .io import markdown_table, write_json_atomic
+from .layers import family_of_model
 
-__all__ = ['TABLE_COLUMNS', 'format_table', 'write_results']
+__all__ = ['TABLE_COLUMNS', 'format_table', 'write_results', 'describe_trained', 'group_runs']
 
 TABLE_COLUMNS = (
-    ('model', 'model', '{}'), ('design', 'design', '{}'), ('params (M)', 'params', '{:.2f}'),
+    ('model', 'model', '{}'), ('design', 'design', '{}'), ('trained', 'trained', '{}'), ('seeds', 'seeds', '{}'),
+    ('params (M)', 'params', '{:.2f}'),
     ('trainable (M)', 'trainable_params', '{:.2f}'), ('GFLOPs', 'gflops', '{:.3f}'),
     ('train min', 'train_minutes', '{:.2f}'), ('img/s', 'images_per_second', '{:.0f}'),
     ('peak MiB', 'peak_memory_mib', '{:.0f}'), ('val loss', 'val_loss', '{:.4f}'),
     ('top-1', 'top1', '{:.2f}'), ('top-5', 'top5', '{:.2f}'),
 )
-_CSV_FIELDS = ['model', 'design', 'params', 'trainable_params', 'gflops', 'epoch', 'train_loss', 'val_loss', 'top1',
-               'top5', 'epoch_seconds', 'images_per_second', 'lr', 'peak_memory_mib']
+_CSV_FIELDS = ['model', 'seed', 'design', 'params', 'trainable_params', 'gflops', 'epoch', 'train_loss', 'val_loss',
+               'top1', 'top5', 'epoch_seconds', 'images_per_second', 'lr', 'peak_memory_mib']
+
+
+# columns reported as mean +- std over seeds; the others are equal across seeds (sizes) or averaged (speed)
+_SPREAD = ('val_loss', 'top1', 'top5')
+
+
+def describe_trained(result: Dict[str, Any]) -> str:
+    """What was trained: patch, width, depth, hidden width and the family's options (e.g. 'p7 w96 d4 h384')."""
+    args = result.get('model_args') or {}
+    parts = [f'{k[0]}{args[n]}' for k, n in (('p', 'patch_size'), ('w', 'embed_dim'), ('d', 'depth')) if n in args]
+    if result.get('hidden'):
+        parts.append(f'h{result["hidden"]}')
+    family = family_of_model(result['model'])
+    text = ' '.join(parts)
+    return f'{text}, {family.describe(args).split(", ", 1)[-1]}' if family else text
+
+
+def group_runs(results: Sequence[Dict[str, Any]]) -> List[List[Dict[str, Any]]]:
+    """The runs of each model (one per seed), in the order the models first appear."""
+    groups: Dict[str, List[Dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault(r['model'], []).append(r)
+    return list(groups.values())
+
+
+def _cell(runs: List[Dict[str, Any]], key: str, fmt: str) -> str:
+    if key == 'trained':
+        return describe_trained(runs[0])
+    if key == 'seeds':
+        return str(len(runs))
+    values = [r[key] / 1e6 if key in ('params', 'trainable_params') else r[key] for r in runs]
+    if isinstance(values[0], str):
+        return values[0]
+    if key in _SPREAD and len(values) > 1:
+        return f'{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}'
+    return fmt.format(statistics.mean(values))
 
 
 def format_table(results: Sequence[Dict[str, Any]]) -> str:
-    """Markdown table of the comparison (parameters in millions)."""
-    rows = [[fmt.format(r[key] / 1e6 if key in ('params', 'trainable_params') else r[key])
-             for _, key, fmt in TABLE_COLUMNS] for r in results]
+    """Markdown table of the comparison, a row per model (parameters in millions; accuracy and loss as
+    mean ± standard deviation over seeds when a model was trained with several)."""
+    rows = [[_cell(runs, key, fmt) for _, key, fmt in TABLE_COLUMNS] for runs in group_runs(results)]
     return markdown_table([c[0] for c in TABLE_COLUMNS], rows)
 
 

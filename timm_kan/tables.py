@@ -11,7 +11,8 @@ from .io import markdown_table
 from .layers import KAN_FAMILIES
 from .models import ARCHS
 
-__all__ = ['mission_table', 'performance_section', 'registry_table', 'replace_block', 'update_readme']
+__all__ = ['mission_table', 'performance_section', 'cpu_performance_section', 'registry_table', 'replace_block',
+           'update_readme']
 
 _MLP_DESIGN = 'MLP (timm ViT)'
 # the bench's variant whose speed the mission table shows for each family
@@ -78,19 +79,30 @@ def replace_block(text: str, name: str, content: str) -> str:
     return pattern.sub(lambda m: m.group(1) + content.rstrip('\n') + '\n' + m.group(2), text)
 
 
+def cpu_performance_section(bench_results: Union[str, Path]) -> str:
+    """The report of a CPU ``timm-kan bench --json`` file (README.md keeps one in ``docs/bench/``)."""
+    from .bench import format_report
+
+    return format_report(json.loads(Path(bench_results).read_text()))
+
+
 def update_readme(
         readme: Union[str, Path],
         compare_results: Optional[Union[str, Path]] = None,
         bench_results: Optional[Union[str, Path]] = None,
+        cpu_bench_results: Optional[Union[str, Path]] = None,
 ) -> None:
-    """Regenerate README.md's model and family tables and its performance section (GPU figures from a
-    ``timm-kan bench --json`` file), and its comparison table from a ``timm-kan compare`` ``results.json``."""
+    """Regenerate README.md's model and family tables and its performance sections (GPU figures from a
+    ``timm-kan bench --json`` file, CPU figures from another), and its comparison table from a
+    ``timm-kan compare`` ``results.json``."""
     from .compare import format_table
 
     readme = Path(readme)
     text = replace_block(readme.read_text(), 'models-table', registry_table())
     text = replace_block(text, 'mission-table', mission_table(bench_results=bench_results))
     text = replace_block(text, 'performance', performance_section(bench_results))
+    if cpu_bench_results:
+        text = replace_block(text, 'cpu-performance', cpu_performance_section(cpu_bench_results))
     if compare_results:
         results = json.loads(Path(compare_results).read_text())['results']
         text = replace_block(text, 'compare-table', format_table(results))

@@ -41,6 +41,7 @@ class RunContext:
     device: torch.device
     out_dir: Path
     seed: int = 0
+    run_tag: str = ''  # sub-folder of the model's folder for this run (several seeds: 'seed1', ...)
     distributed: bool = False
     rank: int = 0
     workers: Optional[int] = None
@@ -49,6 +50,7 @@ class RunContext:
     model_ema_decay: Optional[float] = None
     progress: Optional[bool] = None
     on_epoch: Callable[[Dict[str, Any]], None] = field(default=lambda result: None)
+    on_trained: Callable[[str, nn.Module, Dict[str, Any]], None] = field(default=lambda name, model, result: None)
 
 
 def suggest_batch_size(step: Callable[[int], None], batch_size: int) -> int:
@@ -103,8 +105,9 @@ def _all_sum(values: List[float], ctx: RunContext) -> List[float]:
     return t.tolist()
 
 
-def checkpoint_path(out_dir: Path, name: str) -> Path:
-    return Path(out_dir) / timm.models.safe_model_name(name) / 'checkpoint.pth.tar'
+def checkpoint_path(out_dir: Path, name: str, run_tag: str = '') -> Path:
+    folder = Path(out_dir) / timm.models.safe_model_name(name)
+    return (folder / run_tag if run_tag else folder) / 'checkpoint.pth.tar'
 
 
 def _model_args(name: str, create_kwargs: Dict[str, Any], model: nn.Module) -> Dict[str, Any]:
@@ -116,6 +119,16 @@ def _model_args(name: str, create_kwargs: Dict[str, Any], model: nn.Module) -> D
     if hasattr(model, 'architecture_args'):
         args.update(model.architecture_args())
     return args
+
+
+def hidden_width(model: nn.Module) -> Optional[int]:
+    """The first block's feed-forward width (MLP fc1, KAN kan1 or group-rational fc1), None if not a ViT."""
+    blocks = getattr(model, 'blocks', None)
+    if not blocks:
+        return None
+    mlp = blocks[0].mlp
+    first = getattr(mlp, 'fc1', None) or getattr(mlp, 'kan1', None)
+    return getattr(first, 'out_features', None)
 
 
 def _loaders(ctx: RunContext, data_config: Dict[str, Any]):
@@ -161,8 +174,8 @@ def _start(name: str, create_kwargs: Dict[str, Any], ctx: RunContext) -> _Run:
     summary = dict(
         model=name, design=design_name(name), params=params['total'], trainable_params=params['trainable'],
         params_by_part={k: params[k] for k in ('attention', 'ffn', 'other')},
-        gflops=count_flops(model, input_size) / 1e9, input_size=list(input_size),
-        model_args=_model_args(name, create_kwargs, model))
+        gflops=count_flops(model, input_size) / 1e9, input_size=list(input_size), seed=ctx.seed,
+        hidden=hidden_width(model), model_args=_model_args(name, create_kwargs, model))
     model.to(ctx.device)
     recipe = ctx.recipe
     optimizer = create_optimizer_v2(
@@ -186,7 +199,7 @@ def _save(run: _Run, ctx: RunContext) -> None:
     """The run's complete state after an epoch, written to a temporary file and renamed."""
     if ctx.rank != 0:
         return
-    path = checkpoint_path(ctx.out_dir, run.name)
+    path = checkpoint_path(ctx.out_dir, run.name, ctx.run_tag)
     path.parent.mkdir(parents=True, exist_ok=True)
     np_state = np.random.get_state()
     state = dict(
@@ -297,12 +310,13 @@ def _result(run: _Run, peak_mib: float) -> Dict[str, Any]:
 def train_model(name: str, create_kwargs: Dict[str, Any], ctx: RunContext, resume: bool = False) -> Dict[str, Any]:
     """Train one model under the shared recipe; with ``resume`` continue from its last saved epoch.
 
-    ``ctx.on_epoch`` receives the model's result so far after every epoch (for atomic results files).
+    ``ctx.on_epoch`` receives the model's result so far after every epoch (for atomic results files),
+    ``ctx.on_trained`` the trained model (EMA weights when kept) and its result.
     """
     run = _start(name, create_kwargs, ctx)
     data_config = dict(model_data_config(run.model), input_size=tuple(run.summary['input_size']))
     train_loader, val_loader = _loaders(ctx, data_config)
-    path = checkpoint_path(ctx.out_dir, name)
+    path = checkpoint_path(ctx.out_dir, name, ctx.run_tag)
     if resume and path.is_file():
         _restore(run, path)  # last: the random generators continue from the saved epoch's end
     loss_fn = LabelSmoothingCrossEntropy(ctx.recipe['smoothing']) if ctx.recipe['smoothing'] else nn.CrossEntropyLoss()
@@ -323,4 +337,6 @@ def train_model(name: str, create_kwargs: Dict[str, Any], ctx: RunContext, resum
             lr=run.optimizer.param_groups[0]['lr']))
         _save(run, ctx)
         ctx.on_epoch(_result(run, memory.peak_mib()))
-    return _result(run, memory.peak_mib())
+    result = _result(run, memory.peak_mib())
+    ctx.on_trained(name, run.ema.module if run.ema is not None else run.model, result)
+    return result

@@ -106,3 +106,45 @@ class KANLinearBase(nn.Module):
     def init_weights(self) -> None:
         """Hook called by timm's ViT weight init (instead of its nn.Linear truncated normal)."""
         self.reset_parameters()
+
+    # ---- the learned univariate functions, for explaining a layer ----
+
+    def edge_basis(self, u: torch.Tensor) -> torch.Tensor:
+        """(n, in) edge inputs -> (n, in, J) basis values of each input's expansion."""
+        raise NotImplementedError
+
+    def edge_coefficients(self) -> torch.Tensor:
+        """(out, in, J) effective coefficients of each edge's basis expansion (scalers applied)."""
+        raise NotImplementedError
+
+    def edge_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """What each edge's function is evaluated at, for data rows x (n, in): x itself, unless the layer
+        transforms its input first (RBF: the LayerNorm'd input)."""
+        return x
+
+    @torch.no_grad()
+    def edge_functions(self, u: torch.Tensor, base: bool = True) -> torch.Tensor:
+        """phi_oi(u_i) for every edge: (n, in) edge inputs -> (n, out, in).
+
+        phi_oi(u) = sum_j c_oij B_j(u) + w_oi act(u) + bias_o / in: the basis expansion, the base branch (when the
+        layer has one and ``base``) and an equal share of the output bias, so that sum_i phi_oi(x_i) is the layer's
+        output y_o for a layer whose edge inputs are its inputs.
+        """
+        dt = torch.float64 if u.dtype == torch.float64 else torch.float32
+        phi = torch.einsum('nij,oij->noi', self.edge_basis(u).to(dt), self.edge_coefficients().to(dt))
+        if base and self.base is not None:
+            phi += self.base_terms(u)
+        if self.bias is not None:
+            phi += self.bias.to(dt)[None, :, None] / self.in_features
+        return phi
+
+    def base_terms(self, x: torch.Tensor) -> torch.Tensor:
+        """The base branch's w_oi act(x_i) per edge, (n, out, in)."""
+        dt = torch.float64 if x.dtype == torch.float64 else torch.float32
+        return self.base.act(x).to(dt)[:, None, :] * self.base.weight.to(dt)[None]
+
+    @torch.no_grad()
+    def edge_contributions(self, x: torch.Tensor) -> torch.Tensor:
+        """Each edge's exact contribution to the output for data rows x (n, in) -> (n, out, in); summing over
+        the inputs gives the layer's output."""
+        return self.edge_functions(self.edge_inputs(x))

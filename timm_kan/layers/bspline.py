@@ -239,6 +239,12 @@ class BSplineKANLinear(KANLinearBase):
         """Effective spline coefficients, (out, in, grid_size + spline_order)."""
         return self.spline_weight * self.spline_scaler.unsqueeze(-1)
 
+    def edge_basis(self, u: torch.Tensor) -> torch.Tensor:
+        return b_spline_basis(u, self.grid, self.spline_order)
+
+    def edge_coefficients(self) -> torch.Tensor:
+        return self.scaled_spline_weight()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if use_fused(x, self.fused, 'bspline'):
             from ..kernels.bspline_triton import bspline_kan_matmul

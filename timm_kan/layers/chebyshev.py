@@ -106,6 +106,12 @@ class ChebyshevKANLinear(KANLinearBase):
         # std 1 / (in * (degree + 1)), as the published Chebyshev KAN initialises its coefficients
         nn.init.normal_(self.coeffs, mean=0.0, std=1.0 / (self.in_features * (self.degree + 1)))
 
+    def edge_basis(self, u: torch.Tensor) -> torch.Tensor:
+        return chebyshev_basis(u, self.degree)
+
+    def edge_coefficients(self) -> torch.Tensor:
+        return self.coeffs
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if use_fused(x, self.fused, 'chebyshev'):
             from ..kernels.chebyshev_triton import chebyshev_kan_matmul

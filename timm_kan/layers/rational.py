@@ -153,6 +153,12 @@ class GroupRational(nn.Module):
             return y.reshape(shape).to(x.dtype)
         return self._scaled_form(xg).reshape(shape).to(x.dtype)
 
+    @torch.no_grad()
+    def group_functions(self, u: torch.Tensor) -> torch.Tensor:
+        """Each group's phi on the values u (n,) -> (groups, n)."""
+        x = u.reshape(-1, 1, 1).expand(-1, self.groups, self.num_channels // self.groups).reshape(-1, self.num_channels)
+        return self(x.to(self.numerator.dtype)).reshape(len(u), self.groups, -1)[..., 0].T.float()
+
     def _scaled_form(self, xg: torch.Tensor) -> torch.Tensor:
         """P / Q on any input: the direct form for |x| <= 1, the x^-4-scaled form elsewhere (autograd)."""
         dtype = xg.dtype

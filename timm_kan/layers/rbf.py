@@ -110,6 +110,21 @@ class RBFKANLinear(KANLinearBase):
         bound = 1 / math.sqrt(self.in_features * self.grid_size)
         nn.init.uniform_(self.spline_weight, -bound, bound)
 
+    def edge_basis(self, u: torch.Tensor) -> torch.Tensor:
+        return rbf_basis(u, self.centers.to(u), self.width, self.basis)
+
+    def edge_coefficients(self) -> torch.Tensor:
+        return self.spline_weight
+
+    def edge_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x)
+
+    @torch.no_grad()
+    def edge_contributions(self, x: torch.Tensor) -> torch.Tensor:
+        # the radial bases see the LayerNorm'd input, the base branch the raw one
+        phi = self.edge_functions(self.edge_inputs(x), base=False)
+        return phi + self.base_terms(x) if self.base is not None else phi
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # K ordered (centre, in): each centre's bases are one contiguous block, only the small weight moves
         bases = _RBFBasis.apply(self.norm(x), self.center_values, self.width, self.basis)

@@ -22,7 +22,7 @@ import inspect
 import pickle
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from safetensors import SafetensorError
 from timm.layers import get_act_layer
@@ -84,7 +84,7 @@ class KANVisionTransformer(VisionTransformer):
         options = dict(kan_args)
         kan_type = options.pop('kan_type')
         block = GRKANMlp if kan_type == 'rational' else partial(KANMlp, kan_type=kan_type)
-        super().__init__(mlp_layer=partial(block, **options), **kwargs)
+        super().__init__(mlp_layer=_per_block_widths(partial(block, **options), kwargs.get('depth', 12)), **kwargs)
         self.npz_filter = npz_filter or partial(kan_checkpoint_filter_fn)
         self.pretrained_load: Optional[LoadReport] = None
 
@@ -98,9 +98,29 @@ class KANVisionTransformer(VisionTransformer):
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.kan_args.items()
                 if k != 'kan_type' and v is not None}
 
+    def hidden_widths(self) -> List[int]:
+        """The width between the two KAN layers of each block."""
+        return [b.mlp.fc1.out_features if hasattr(b.mlp, 'fc1') else b.mlp.kan1.out_features for b in self.blocks]
+
     def load_pretrained(self, checkpoint_path: str, prefix: str = '') -> None:
         """Load Google's original ``.npz`` ViT checkpoints (timm's ``custom_load`` path)."""
         load_npz_into_kan_vit(self, checkpoint_path, self.npz_filter, prefix)
+
+
+def _per_block_widths(block: Callable, depth: int) -> Callable:
+    """timm's ViT builds its blocks in order, each calling ``mlp_layer`` once: a ``kan_hidden`` list gives block
+    i the i-th width (a pruned model), a single value every block the same."""
+    widths = block.keywords.get('kan_hidden')
+    if not isinstance(widths, (list, tuple)):
+        return block
+    if len(widths) != depth:
+        raise ValueError(f'kan_hidden has {len(widths)} widths for {depth} blocks: give one per block or a single one')
+    remaining = iter(widths)
+
+    def make(*args, **kwargs):
+        return block(*args, **dict(kwargs, kan_hidden=next(remaining)))
+
+    return make
 
 
 @dataclass
