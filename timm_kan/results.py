@@ -1,4 +1,5 @@
-"""What ``timm-kan compare`` writes: the markdown table, ``results.json``, ``results.csv`` and the plots.
+"""What ``timm-kan compare`` writes: the markdown table, ``results.json``, ``results.csv`` and the plots
+(loss, accuracy with the spread over seeds, accuracy against GFLOPs and against parameters).
 
 Every file is replaced atomically after each epoch of each model, so an interrupted run keeps what it finished.
 """
@@ -90,18 +91,30 @@ def _savefig(fig, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _history(runs: List[Dict[str, Any]], metric: str):
+    """Epochs and, per epoch, the mean, min and max of ``metric`` over a model's runs (epochs all runs reached)."""
+    epochs = min(len(r['history']) for r in runs)
+    values = [[r['history'][e][metric] for r in runs] for e in range(epochs)]
+    return (list(range(1, epochs + 1)), [statistics.mean(v) for v in values], [min(v) for v in values],
+            [max(v) for v in values])
+
+
 def _plot(results: List[Dict[str, Any]], out_dir: Path) -> None:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
+    groups = group_runs(results)
     for metric, fname, ylabel in (
             (('train_loss', 'val_loss'), 'loss.png', 'loss'), (('top1', 'top5'), 'accuracy.png', 'accuracy (%)')):
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for r in results:
-            epochs = [h['epoch'] for h in r['history']]
+        for runs in groups:
             for m, style in zip(metric, ('-', '--')):
-                ax.plot(epochs, [h[m] for h in r['history']], style, marker='o', ms=3, label=f'{r["model"]} {m}')
+                epochs, mean, low, high = _history(runs, m)
+                seeds = f' (mean of {len(runs)} seeds)' if len(runs) > 1 else ''
+                line, = ax.plot(epochs, mean, style, marker='o', ms=3, label=f'{runs[0]["model"]} {m}{seeds}')
+                if len(runs) > 1:  # the spread over seeds
+                    ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2)
         ax.set_xlabel('epoch')
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
@@ -109,13 +122,19 @@ def _plot(results: List[Dict[str, Any]], out_dir: Path) -> None:
         fig.tight_layout()
         _savefig(fig, out_dir / fname)
         plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for r in results:
-        ax.scatter(r['gflops'], r['top1'], s=40)
-        ax.annotate(r['model'], (r['gflops'], r['top1']), fontsize=7, xytext=(4, 4), textcoords='offset points')
-    ax.set_xlabel('GFLOPs per image (forward)')
-    ax.set_ylabel('validation top-1 (%)')
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    _savefig(fig, out_dir / 'accuracy_vs_gflops.png')
-    plt.close(fig)
+    for key, fname, xlabel in (('gflops', 'accuracy_vs_gflops.png', 'GFLOPs per image (forward)'),
+                               ('params', 'accuracy_vs_params.png', 'parameters (M)')):
+        fig, ax = plt.subplots(figsize=(6, 4.5))
+        for runs in groups:
+            x = runs[0][key] / (1e6 if key == 'params' else 1)
+            top1 = [r['top1'] for r in runs]
+            ax.errorbar(x, statistics.mean(top1), yerr=statistics.stdev(top1) if len(top1) > 1 else None,
+                        fmt='o', capsize=3)
+            ax.annotate(f'{runs[0]["model"]} ({describe_trained(runs[0])})', (x, statistics.mean(top1)), fontsize=6,
+                        xytext=(4, 4), textcoords='offset points')
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel('validation top-1 (%), mean ± std over seeds')
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        _savefig(fig, out_dir / fname)
+        plt.close(fig)

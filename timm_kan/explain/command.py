@@ -86,7 +86,7 @@ def add_explain_parser(sub) -> None:
     p = sub.add_parser('explain', help="what a KAN-ViT's layers learned: edge functions, importance, pruning")
     p.add_argument('source', help='training checkpoint (compare or timm train.py), local-dir:PATH or hf-hub:ID')
     p.add_argument('--model', default=None, help="architecture (default: the one the checkpoint records)")
-    p.add_argument('--data', required=True, help="'mnist5k', 'digits' or an image folder")
+    p.add_argument('--data', required=True, help="'mnist5k', 'digits', 'fashion-mnist' or an image folder")
     p.add_argument('--out', required=True, help='output folder')
     p.add_argument('--block', type=int, default=None, help='block of the edge plot (default: the last)')
     p.add_argument('--layer', type=int, default=1, choices=(1, 2), help='layer of the edge plot')

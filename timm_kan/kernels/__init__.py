@@ -65,14 +65,15 @@ def _version(v: Tuple[int, ...]) -> str:
     return '.'.join(map(str, v))
 
 
-# (rule, reason the kernel does not apply, or None); checked in order, the first reason is reported
+# (rule, reason the kernel does not apply, or None); checked in order, the first reason is reported (the device
+# first: a CPU tensor never looks Triton up, so torch.compile traces nothing of it)
 GATING_RULES: Tuple[Tuple[str, Callable[[torch.Tensor], Optional[str]]], ...] = (
-    ('triton', lambda x: None if triton_available() else 'Triton is not installed (pip install triton)'),
-    ('triton version', lambda x: None if triton_version() >= MIN_TRITON else
-        f'Triton {_version(triton_version())} is older than {_version(MIN_TRITON)}'),
     ('device', lambda x: None if device_capability(x) is not None else
         f'on a {x.device.type} tensor: the Triton kernels run on CUDA, or on CPU under TRITON_INTERPRET=1 set '
         'before triton is imported'),
+    ('triton', lambda x: None if triton_available() else 'Triton is not installed (pip install triton)'),
+    ('triton version', lambda x: None if triton_version() >= MIN_TRITON else
+        f'Triton {_version(triton_version())} is older than {_version(MIN_TRITON)}'),
     ('capability', lambda x: None if device_capability(x) >= MIN_CAPABILITY else
         f'compute capability {_version(device_capability(x))} is below {_version(MIN_CAPABILITY)} '
         '(bf16 tensor-core dot and the kernels\' tiles need Ampere or newer)'),
