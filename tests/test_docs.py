@@ -51,6 +51,15 @@ def test_readme_cpu_performance_section_is_the_generated_one():
     assert _block('cpu-performance') == cpu_performance_section(ROOT / 'docs' / 'bench' / 'cpu-vit-t.json').strip()
 
 
+@pytest.mark.parametrize('name', ['mnist5k', 'fashion10k'])
+def test_readme_results_are_the_generated_ones(name):
+    from timm_kan.tables import results_section
+    table = _block(f'results-{name}')
+    assert table == results_section(ROOT / 'docs' / 'results' / f'{name}.json').strip()
+    for model in ('vit_tiny', 'chebykan_vit_tiny', 'kan_vit_tiny', 'rbfkan_vit_tiny', 'grkan_vit_tiny'):
+        assert f'| {model}_patch16_224 |' in table and '| 3 |' in table
+
+
 def test_update_readme_writes_a_bench_report(tmp_path):
     from timm_kan.bench import main as bench_main
     from timm_kan.tables import update_readme

@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from .io import processor_name
 from .bench_models import _device_and_dtype, _release, _time, bench_paths, bench_training, check_targets
 
 __all__ = ['PublishedChebyshevKAN', 'bench_ffn', 'bench_paths', 'bench_training', 'check_targets',
@@ -262,16 +263,6 @@ def _self_check_table(device: Optional[str]) -> str:
                         reason=r.reason) for r in rows]).replace('| max_error |', '| max error |', 1)
 
 
-def _processor() -> str:
-    """'<processor model>, N torch threads' (the model from /proc/cpuinfo where Linux has it)."""
-    model = 'unknown processor'
-    try:
-        model = next(line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo') if line.startswith('model name'))
-    except (OSError, StopIteration):
-        pass
-    return f'{model}, {torch.get_num_threads()} torch threads'
-
-
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     import timm
 
@@ -293,7 +284,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     result: Dict[str, Any] = dict(
         date=datetime.date.today().isoformat(),
         device=torch.cuda.get_device_name() if cuda and not args.device else (args.device or 'cpu'),
-        processor=_processor(),
+        processor=processor_name(),
         torch=torch.__version__, triton=triton_version, timm=timm.__version__, ikan=import_ikan()[1],
         command=' '.join(['timm-kan bench', *(sys.argv[1:] if argv is None else argv)]),
         shape=dict(tokens=args.tokens, dim=args.dim, hidden=args.hidden), dtype=args.dtype, reps=args.reps)

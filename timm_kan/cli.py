@@ -158,7 +158,8 @@ def _cmd_split(args: argparse.Namespace) -> None:
 def _cmd_models(args: argparse.Namespace) -> None:
     from .tables import registry_table, update_readme
     if args.update_readme:
-        update_readme(args.update_readme, args.compare_results, args.bench_results, args.cpu_bench_results)
+        results = dict(item.split('=', 1) for item in args.results)
+        update_readme(args.update_readme, args.compare_results, args.bench_results, args.cpu_bench_results, results)
     else:
         print(registry_table())
 
@@ -283,6 +284,8 @@ def _add_models(sub) -> None:
     p.add_argument('--compare-results', default=None, help="results.json whose table goes into the README")
     p.add_argument('--bench-results', default=None, help='timm-kan bench --json output measured on a GPU')
     p.add_argument('--cpu-bench-results', default=None, help='timm-kan bench --json output measured on a CPU')
+    p.add_argument('--results', nargs='*', default=[], metavar='NAME=RESULTS_JSON',
+                   help='compare results.json files for the README blocks results-NAME')
     p.set_defaults(fn=_cmd_models)
 
 

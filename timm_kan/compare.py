@@ -9,10 +9,12 @@ rewritten atomically after every epoch. A folder holding results of an earlier r
 ``--resume`` (finished models kept, a half-trained one continued from its last epoch, if the configuration
 is the same) or started again with ``--overwrite``; anything else is an error, never a silent overwrite.
 """
+import datetime
 import difflib
 import json
 import logging
 import shutil
+import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -24,6 +26,7 @@ import timm
 from timm.utils.distributed import init_distributed_device_so
 
 from .data import bundled_set, prepare_data
+from .io import processor_name
 from .layers import KAN_FAMILIES, family_of_model
 from .models.kan_vit import ADAPTER_KWARGS
 from .param_match import count_params, match_hidden
@@ -274,7 +277,8 @@ def run_compare(cfg: CompareConfig) -> List[Dict[str, Any]]:
             data_root, classes = prepare_data(cfg.data, out_dir, cfg.val_ratio, cfg.seed, cfg.max_items)
     meta = dict(data=cfg.data, recipe=cfg.recipe, recipe_args=config['recipe'], model_kwargs=model_kwargs,
                 seed=cfg.seed, world_size=world, device=str(info['device']), torch=torch.__version__,
-                timm=timm.__version__, classes=classes, config=config)
+                timm=timm.__version__, classes=classes, config=config, date=datetime.date.today().isoformat(),
+                processor=processor_name(), command=' '.join(['timm-kan', *sys.argv[1:]]))
     results: List[Dict[str, Any]] = []
 
     def write(current: Optional[Dict[str, Any]] = None) -> None:

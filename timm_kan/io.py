@@ -7,7 +7,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence, Union
 
-__all__ = ['markdown_table', 'write_json_atomic', 'write_class_map', 'atomic_dir']
+import torch
+
+__all__ = ['markdown_table', 'write_json_atomic', 'write_class_map', 'atomic_dir', 'processor_name']
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -15,6 +17,12 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ['| ' + ' | '.join(header) + ' |', '|' + '|'.join('---' for _ in header) + '|']
     lines += ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows]
     return '\n'.join(lines)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json_atomic(path: Union[str, Path], data: Any) -> None:
@@ -25,6 +33,7 @@ def write_json_atomic(path: Union[str, Path], data: Any) -> None:
     try:
         with os.fdopen(fd, 'w') as f:
             json.dump(data, f, indent=2)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a results file is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -50,6 +59,7 @@ def atomic_dir(target: Union[str, Path], replace: bool = False) -> Iterator[Path
         raise FileExistsError(f'{target} exists already')
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f'.{target.name}.', suffix='.tmp'))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the folder it becomes is an ordinary one
     try:
         yield tmp
         if target.exists():
@@ -58,3 +68,13 @@ def atomic_dir(target: Union[str, Path], replace: bool = False) -> Iterator[Path
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def processor_name() -> str:
+    """'<processor model>, N torch threads' (the model from /proc/cpuinfo where Linux has it)."""
+    model = 'unknown processor'
+    try:
+        model = next(line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo') if line.startswith('model name'))
+    except (OSError, StopIteration):
+        pass
+    return f'{model}, {torch.get_num_threads()} torch threads'

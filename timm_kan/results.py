@@ -34,8 +34,11 @@ def describe_trained(result: Dict[str, Any]) -> str:
     """What was trained: patch, width, depth, hidden width and the family's options (e.g. 'p7 w96 d4 h384')."""
     args = result.get('model_args') or {}
     parts = [f'{k[0]}{args[n]}' for k, n in (('p', 'patch_size'), ('w', 'embed_dim'), ('d', 'depth')) if n in args]
-    if result.get('hidden'):
-        parts.append(f'h{result["hidden"]}')
+    # results files written before 'hidden' was recorded: the width the arguments imply
+    hidden = result.get('hidden') or args.get('kan_hidden') or (
+        int(args['embed_dim'] * args.get('mlp_ratio', 4)) if 'embed_dim' in args else None)
+    if hidden:
+        parts.append(f'h{hidden}')
     family = family_of_model(result['model'])
     text = ' '.join(parts)
     return f'{text}, {family.describe(args).split(", ", 1)[-1]}' if family else text

@@ -2,7 +2,7 @@
 import json
 import re
 from pathlib import Path
-from typing import List, Optional, Union
+from typing import Dict, List, Optional, Union
 
 import timm
 
@@ -12,7 +12,7 @@ from .layers import KAN_FAMILIES
 from .models import ARCHS
 
 __all__ = ['mission_table', 'performance_section', 'cpu_performance_section', 'registry_table', 'replace_block',
-           'update_readme']
+           'results_section', 'update_readme']
 
 _MLP_DESIGN = 'MLP (timm ViT)'
 # the bench's variant whose speed the mission table shows for each family
@@ -86,11 +86,22 @@ def cpu_performance_section(bench_results: Union[str, Path]) -> str:
     return format_report(json.loads(Path(bench_results).read_text()))
 
 
+def results_section(results_json: Union[str, Path]) -> str:
+    """A ``timm-kan compare`` run for README.md: where and how it ran, then its table."""
+    from .results import format_table
+
+    run = json.loads(Path(results_json).read_text())
+    return (f"Measured {run.get('date', 'n/a')} on {run['device']} ({run.get('processor', 'n/a')}) with torch "
+            f"{run['torch']}, timm {run['timm']}; command: `{run.get('command', 'n/a')}`\n\n"
+            + format_table(run['results']))
+
+
 def update_readme(
         readme: Union[str, Path],
         compare_results: Optional[Union[str, Path]] = None,
         bench_results: Optional[Union[str, Path]] = None,
         cpu_bench_results: Optional[Union[str, Path]] = None,
+        results: Optional[Dict[str, Union[str, Path]]] = None,
 ) -> None:
     """Regenerate README.md's model and family tables and its performance sections (GPU figures from a
     ``timm-kan bench --json`` file, CPU figures from another), and its comparison table from a
@@ -103,6 +114,8 @@ def update_readme(
     text = replace_block(text, 'performance', performance_section(bench_results))
     if cpu_bench_results:
         text = replace_block(text, 'cpu-performance', cpu_performance_section(cpu_bench_results))
+    for name, path in (results or {}).items():  # README's Results tables: block results-NAME
+        text = replace_block(text, f'results-{name}', results_section(path))
     if compare_results:
         results = json.loads(Path(compare_results).read_text())['results']
         text = replace_block(text, 'compare-table', format_table(results))
