@@ -5,13 +5,13 @@ tools that only see ``.weight``/``.bias`` miss most of a KAN layer). FLOPs: ``to
 on a real forward pass, counting a multiply-add as 2 FLOPs (matrix products, convolutions, attention);
 elementwise basis evaluation is not counted by it.
 """
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ['count_parameters', 'count_flops', 'model_summary', 'model_data_config']
+__all__ = ['count_parameters', 'count_flops', 'model_summary', 'model_data_config', 'hidden_widths']
 
 
 def _part(name: str) -> str:
@@ -76,3 +76,12 @@ def model_summary(model: nn.Module, input_size: Optional[Sequence[int]] = None) 
         'input_size': list(size),
         'gflops': count_flops(model, size) / 1e9,
     }
+
+
+def hidden_widths(model: nn.Module) -> List[int]:
+    """Each block's feed-forward width (MLP fc1, KAN kan1 or group-rational fc1); empty if not a ViT."""
+    widths = []
+    for block in getattr(model, 'blocks', None) or ():
+        first = getattr(block.mlp, 'fc1', None) or getattr(block.mlp, 'kan1', None)
+        widths.append(first.out_features)
+    return widths

@@ -25,7 +25,7 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, NativeScaler, accuracy, decay_batch_step, random_seed
 
-from .accounting import count_flops, count_parameters, model_data_config
+from .accounting import count_flops, count_parameters, hidden_widths, model_data_config
 from .data import split_class_map
 from .layers import design_name
 
@@ -121,16 +121,6 @@ def _model_args(name: str, create_kwargs: Dict[str, Any], model: nn.Module) -> D
     return args
 
 
-def hidden_width(model: nn.Module) -> Optional[int]:
-    """The first block's feed-forward width (MLP fc1, KAN kan1 or group-rational fc1), None if not a ViT."""
-    blocks = getattr(model, 'blocks', None)
-    if not blocks:
-        return None
-    mlp = blocks[0].mlp
-    first = getattr(mlp, 'fc1', None) or getattr(mlp, 'kan1', None)
-    return getattr(first, 'out_features', None)
-
-
 def _loaders(ctx: RunContext, data_config: Dict[str, Any]):
     recipe = ctx.recipe
     class_map = split_class_map(ctx.classes)
@@ -175,7 +165,7 @@ def _start(name: str, create_kwargs: Dict[str, Any], ctx: RunContext) -> _Run:
         model=name, design=design_name(name), params=params['total'], trainable_params=params['trainable'],
         params_by_part={k: params[k] for k in ('attention', 'ffn', 'other')},
         gflops=count_flops(model, input_size) / 1e9, input_size=list(input_size), seed=ctx.seed,
-        hidden=hidden_width(model), model_args=_model_args(name, create_kwargs, model))
+        hidden=(hidden_widths(model) or [None])[0], model_args=_model_args(name, create_kwargs, model))
     model.to(ctx.device)
     recipe = ctx.recipe
     optimizer = create_optimizer_v2(

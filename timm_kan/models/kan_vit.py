@@ -85,7 +85,7 @@ class KANVisionTransformer(VisionTransformer):
         kan_type = options.pop('kan_type')
         block = GRKANMlp if kan_type == 'rational' else partial(KANMlp, kan_type=kan_type)
         super().__init__(mlp_layer=_per_block_widths(partial(block, **options), kwargs.get('depth', 12)), **kwargs)
-        self.npz_filter = npz_filter or partial(kan_checkpoint_filter_fn)
+        self.npz_filter = npz_filter or kan_checkpoint_filter_fn
         self.pretrained_load: Optional[LoadReport] = None
 
     @property
@@ -100,7 +100,8 @@ class KANVisionTransformer(VisionTransformer):
 
     def hidden_widths(self) -> List[int]:
         """The width between the two KAN layers of each block."""
-        return [b.mlp.fc1.out_features if hasattr(b.mlp, 'fc1') else b.mlp.kan1.out_features for b in self.blocks]
+        from ..accounting import hidden_widths
+        return hidden_widths(self)
 
     def load_pretrained(self, checkpoint_path: str, prefix: str = '') -> None:
         """Load Google's original ``.npz`` ViT checkpoints (timm's ``custom_load`` path)."""
