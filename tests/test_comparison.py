@@ -5,8 +5,13 @@ import struct
 
 import numpy as np
 import pytest
+import timm
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
 
 from timm_kan.cli import main as cli_main
+from timm_kan.layers import coefficient_parameters
+from timm_kan.trainer import optimizer_param_groups
 from timm_kan.data import DataError, prepare_data, read_fashion_mnist
 from timm_kan.param_match import count_params, match_hidden
 from timm_kan.results import describe_trained, format_table
@@ -53,6 +58,8 @@ def test_seed_list_and_seed_count_agree(tmp_path):
     (['--seed', '-1'], 'seeds must be integers >= 0, got [-1]'),
     (['--seed', '1', '1'], 'seeds must differ'),
     (['--seeds', '0'], '--seeds must be >= 1, got 0'),
+    (['--kan-lr-scale', '0'], '--kan-lr-scale must be > 0, got 0.0'),
+    (['--kan-weight-decay', '-0.1'], '--kan-weight-decay must be >= 0, got -0.1'),
     (['--param-budget', '0.001'], 'no hidden width brings chebykan_vit_t16 within 2% of 0.001M parameters; '
                                   'the closest is kan_hidden=1'),
 ])
@@ -123,3 +130,53 @@ def test_fashion_mnist_bad_files_are_one_error(tmp_path, setup, message):
     folder = setup(tmp_path / 'fm')
     with pytest.raises(DataError, match=message.replace('(', r'\(').replace(')', r'\)')):
         read_fashion_mnist(folder)
+
+
+def test_kan_coefficients_get_their_own_learning_rate_and_weight_decay():
+    model = timm.create_model('kan_vit_t16', **TINY_KWARGS)
+    groups = optimizer_param_groups(model, weight_decay=0.05, kan_lr_scale=0.1, kan_weight_decay=0.0)
+    optimizer = create_optimizer_v2(model, opt='adamw', lr=1e-3, param_group_fn=lambda m: groups)
+    scheduler, _ = create_scheduler_v2(optimizer, sched='cosine', num_epochs=4, warmup_epochs=0)
+    scheduler.step(1)
+    coefficients = {id(p) for p in coefficient_parameters(model)}
+    kan, = [g for g in optimizer.param_groups if any(id(p) in coefficients for p in g['params'])]
+    others = [g for g in optimizer.param_groups if g is not kan]
+    assert {id(p) for p in kan['params']} == coefficients  # all of them, and only them
+    assert kan['weight_decay'] == 0.0 and sorted(g['weight_decay'] for g in others) == [0.0, 0.05]
+    assert kan['lr'] == pytest.approx(0.1 * others[0]['lr']) and others[0]['lr'] == others[1]['lr']
+    n_params = sum(p.numel() for g in optimizer.param_groups for p in g['params'])
+    assert n_params == sum(p.numel() for p in model.parameters())
+
+
+def test_kan_optimizer_options_are_recorded_with_the_recipe(tmp_path):
+    out = tmp_path / 'run'
+    assert _compare(out, '--models', 'chebykan_vit_t16', '--kan-lr-scale', '0.5', '--kan-weight-decay', '0', *TINY) == 0
+    recipe = json.loads((out / 'results.json').read_text())['recipe_args']
+    assert (recipe['kan_lr_scale'], recipe['kan_weight_decay'], recipe['weight_decay']) == (0.5, 0.0, 0.05)
+
+
+def test_bundled_sets_compare_at_equal_parameters_unless_told_not_to(tmp_path):
+    models = ['--models', 'vit_tiny_patch16_224', 'chebykan_vit_t16', *TINY]
+    assert _compare(tmp_path / 'default', *models) == 0
+    assert _compare(tmp_path / 'off', '--no-match-params', *models) == 0
+    default, off = (json.loads((tmp_path / d / 'results.json').read_text()) for d in ('default', 'off'))
+    budget = count_params('vit_tiny_patch16_224', TINY_KWARGS)
+    assert default['config']['match_params'] is True and off['config']['match_params'] is False
+    assert default['results'][1]['hidden'] == match_hidden('chebykan_vit_t16', TINY_KWARGS, budget)
+    assert off['results'][1]['hidden'] == 4 * 32  # mlp_ratio x width
+
+
+def test_trained_column_names_every_option_the_run_set():
+    run = dict(model='chebykan_vit_t16', hidden=24, model_args=dict(
+        patch_size=8, embed_dim=32, depth=1, kan_hidden=24, degree=4, kan_base='silu', kan_coeff_init='variance',
+        kan_fused=False))
+    assert describe_trained(run) == 'p8 w32 d1 h24, degree 4, kan_coeff_init=variance, kan_base=silu'
+
+
+def test_trained_column_leaves_out_options_at_their_defaults():
+    run = dict(model='kan_vit_t16', hidden=24, model_args=dict(
+        patch_size=8, embed_dim=32, depth=1, kan_hidden=24, kan_base='silu', kan_mid_norm=True, grid_range=[-1, 1],
+        kan_coeff_init='published'))
+    assert describe_trained(run) == 'p8 w32 d1 h24, grid 5, order 3'
+    run['model_args'].update(kan_mid_norm=False, grid_range=[-2, 2])
+    assert describe_trained(run) == 'p8 w32 d1 h24, grid 5, order 3, grid_range=[-2, 2], kan_mid_norm=False'

@@ -5,7 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from timm_kan.layers import BSplineKANLinear, ChebyshevKANLinear, KANMlp, b_spline_basis, chebyshev_basis
+from timm_kan.layers import (
+    BSplineKANLinear, ChebyshevKANLinear, GRKANMlp, KANMlp, RBFKANLinear, b_spline_basis, chebyshev_basis,
+    coefficient_parameters)
 
 
 def _cox_de_boor_scalar(x: float, knots, j: int, k: int) -> float:
@@ -237,3 +239,45 @@ def test_kan_mlp_mid_norm_runs_in_the_activation_dtype_under_autocast():
     assert seen == [(False, torch.bfloat16)] and y.dtype == torch.bfloat16
     block(torch.randn(2, 3, 8))
     assert seen[-1] == (False, torch.float32)
+
+
+@pytest.mark.parametrize('cls,kwargs', [
+    (ChebyshevKANLinear, dict(degree=3)), (ChebyshevKANLinear, dict(degree=6)),
+    (BSplineKANLinear, dict(grid_size=5)), (RBFKANLinear, dict(grid_size=8))])
+def test_variance_preserving_coefficient_init(cls, kwargs):
+    # 'variance': unit-variance output for unit-normal inputs; 'published' keeps each paper's (much smaller) scale
+    torch.manual_seed(0)
+    x = torch.randn(4096, 256)
+    with torch.no_grad():
+        variance = cls(256, 512, base_activation=None, coeff_init='variance', **kwargs)(x).var().item()
+        published = cls(256, 512, base_activation=None, **kwargs)(x).var().item()
+    assert 0.85 < variance < 1.15
+    assert published < 0.1
+
+
+def test_variance_preserving_std_is_the_closed_form_for_chebyshev():
+    # E[T_0^2 + T_1(tanh u)^2] = 1 + E[tanh(u)^2] for u ~ N(0, 1); E[tanh^2] = 0.39429... (numerical integral)
+    u = torch.linspace(-12, 12, 200001, dtype=torch.float64)
+    tanh2 = float(torch.trapezoid(torch.tanh(u) ** 2 * torch.exp(-u * u / 2), u) / math.sqrt(2 * math.pi))
+    layer = ChebyshevKANLinear(10, 3, degree=1, coeff_init='variance')
+    assert layer.variance_preserving_std() == pytest.approx(1 / math.sqrt(10 * (1 + tanh2)), rel=1e-4)
+
+
+def test_coefficient_parameters_are_the_edge_functions_only():
+    mlp = KANMlp(8, 16, kan_type='bspline', kan_base='silu')
+    names = {n for n, p in mlp.named_parameters() if any(p is q for q in coefficient_parameters(mlp))}
+    assert names == {'kan1.spline_weight', 'kan1.spline_scaler', 'kan2.spline_weight', 'kan2.spline_scaler'}
+    rational = GRKANMlp(8, 16)
+    names = {n for n, p in rational.named_parameters() if any(p is q for q in coefficient_parameters(rational))}
+    assert names == {'act1.numerator', 'act1.denominator', 'act2.numerator', 'act2.denominator'}
+
+
+def test_bad_coeff_init_names_the_choices():
+    with pytest.raises(ValueError, match=r"coeff_init must be one of \('published', 'variance'\), got 'lecun'"):
+        ChebyshevKANLinear(4, 4, coeff_init='lecun')
+
+
+def test_variance_init_on_the_meta_device_builds_without_data():
+    # parameter matching and checkpoint loading build models on 'meta', where no value exists to compute from
+    layer = RBFKANLinear(6, 4, coeff_init='variance', device='meta')
+    assert layer.spline_weight.is_meta and layer.variance_preserving_std() == 1.0

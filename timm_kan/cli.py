@@ -77,9 +77,10 @@ def _cmd_compare(args: argparse.Namespace) -> None:
         models=args.models or list(DEFAULT_MODELS), data=args.data, output=args.output,
         recipe=args.recipe or ('small' if bundled_set(args.data) else 'seed'), epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, opt=args.opt,
+        kan_lr_scale=args.kan_lr_scale, kan_weight_decay=args.kan_weight_decay,
         model_kwargs=args.model_kwargs, pretrained=args.pretrained or bool(args.pretrained_file),
         pretrained_file=args.pretrained_file, freeze=args.freeze, kan_init=args.kan_init, val_ratio=args.val_ratio,
-        max_items=args.max_items, seed=args.seed[0], seeds=_seeds(args), match_params=args.match_params,
+        max_items=args.max_items, seed=args.seed[0], seeds=_seeds(args), match_params=_match_params(args),
         param_budget=args.param_budget, workers=args.workers, amp=not args.no_amp,
         amp_dtype=args.amp_dtype, model_ema=args.model_ema, model_ema_decay=args.model_ema_decay,
         device=args.device, progress=False if args.no_progress else None, resume=args.resume,
@@ -89,6 +90,15 @@ def _cmd_compare(args: argparse.Namespace) -> None:
         print(format_table(results))
         print(f'\noutputs in {args.output}: results.json, results.csv, loss.png, accuracy.png, accuracy_vs_gflops.png, '
               'accuracy_vs_params.png')
+
+
+def _match_params(args: argparse.Namespace) -> bool:
+    """--match-params when given, else on for a bundled set trained from scratch: the equal-parameter comparison
+    is the one the main job answers (a pretrained MLP only initialises a KAN of its own hidden width)."""
+    from .data import bundled_set
+    if args.match_params is not None:
+        return args.match_params
+    return bundled_set(args.data) is not None and not (args.pretrained or args.pretrained_file)
 
 
 def _seeds(args: argparse.Namespace) -> List[int]:
@@ -211,6 +221,10 @@ def _add_compare(sub) -> None:
     p.add_argument('--lr', type=float, default=None)
     p.add_argument('--weight-decay', type=float, default=None)
     p.add_argument('--opt', default=None)
+    p.add_argument('--kan-lr-scale', type=float, default=None,
+                   help='learning rate of the KAN coefficients (spline, Chebyshev, RBF, rational) relative to --lr')
+    p.add_argument('--kan-weight-decay', type=float, default=None,
+                   help='weight decay of the KAN coefficients (default: --weight-decay)')
     _kwargs_option(p)
     p.add_argument('--pretrained', action='store_true', help='start from the registry pretrained weights')
     p.add_argument('--pretrained-file', default=None, help='start from this ViT checkpoint file')
@@ -222,8 +236,9 @@ def _add_compare(sub) -> None:
                    help='training seed(s); several: every model trained once per seed, mean ± std reported. '
                         'The first also draws the validation split')
     p.add_argument('--seeds', type=int, default=None, metavar='N', help='N seeds: --seed, --seed + 1, ...')
-    p.add_argument('--match-params', action='store_true',
-                   help="give each KAN model the kan_hidden that brings it within 2%% of the first model's parameters")
+    p.add_argument('--match-params', action=argparse.BooleanOptionalAction, default=None,
+                   help="give each KAN model the kan_hidden that brings it within 2%% of the first model's parameters "
+                        "(default: on for the bundled sets trained from scratch, off otherwise)")
     p.add_argument('--param-budget', type=float, default=None, metavar='M',
                    help='match every KAN model to M million parameters instead')
     p.add_argument('--workers', type=int, default=None)

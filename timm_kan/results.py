@@ -4,13 +4,15 @@
 Every file is replaced atomically after each epoch of each model, so an interrupted run keeps what it finished.
 """
 import csv
+import inspect
 import os
 import statistics
+import string
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
 from .io import markdown_table, write_json_atomic
-from .layers import family_of_model
+from .layers import KANMlp, family_of_model
 
 __all__ = ['TABLE_COLUMNS', 'format_table', 'write_results', 'describe_trained', 'group_runs']
 
@@ -41,7 +43,21 @@ def describe_trained(result: Dict[str, Any]) -> str:
         parts.append(f'h{hidden}')
     family = family_of_model(result['model'])
     text = ' '.join(parts)
-    return f'{text}, {family.describe(args).split(", ", 1)[-1]}' if family else text
+    if not family:
+        return text
+    # the summary's options, then every other family option set to a non-default value (kan_fused changes speed,
+    # not the model)
+    shown = {f for _, f, _, _ in string.Formatter().parse(family.summary) if f} | {'kan_hidden', 'kan_fused'}
+    block = inspect.signature(KANMlp).parameters
+    defaults = dict({k: block[k].default for k in family.block_options}, kan_base=family.default_base,
+                    **family.defaults())
+    extra = [f'{k}={args[k]}' for k in family.options if k in args and k not in shown
+             and _plain(args[k]) != _plain(defaults.get(k))]
+    return ', '.join([text, family.describe(args).split(', ', 1)[-1], *extra])
+
+
+def _plain(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value  # results.json keeps tuples as lists
 
 
 def group_runs(results: Sequence[Dict[str, Any]]) -> List[List[Dict[str, Any]]]:

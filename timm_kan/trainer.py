@@ -10,6 +10,7 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -21,13 +22,13 @@ from torch import nn
 import timm
 from timm.data import create_dataset, create_loader
 from timm.loss import LabelSmoothingCrossEntropy
-from timm.optim import create_optimizer_v2
+from timm.optim import create_optimizer_v2, param_groups_weight_decay
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, NativeScaler, accuracy, decay_batch_step, random_seed
 
 from .accounting import count_flops, count_parameters, hidden_widths, model_data_config
 from .data import split_class_map
-from .layers import design_name
+from .layers import coefficient_parameters, design_name
 
 __all__ = ['RunContext', 'suggest_batch_size', 'train_model', 'checkpoint_path']
 
@@ -156,6 +157,22 @@ class _Run:
     images_seen: int = 0
 
 
+def optimizer_param_groups(
+        model: nn.Module, weight_decay: float, kan_lr_scale: float = 1.0, kan_weight_decay: Optional[float] = None,
+) -> List[Dict[str, Any]]:
+    """timm's weight-decay groups (no decay on 1-d tensors and ``no_weight_decay()`` names), with the KAN
+    coefficients (``coefficient_parameters``) moved to a group of their own: learning rate times ``kan_lr_scale``
+    (timm's schedulers apply ``lr_scale``) and weight decay ``kan_weight_decay`` (default: ``weight_decay``)."""
+    no_decay = getattr(model, 'no_weight_decay', lambda: set())()
+    groups = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=no_decay)
+    kan = {id(p): p for p in coefficient_parameters(model) if p.requires_grad}
+    for group in groups:
+        group['params'] = [p for p in group['params'] if id(p) not in kan]
+    groups.append(dict(params=list(kan.values()), lr_scale=kan_lr_scale,
+                       weight_decay=weight_decay if kan_weight_decay is None else kan_weight_decay))
+    return [g for g in groups if g['params']]
+
+
 def _start(name: str, create_kwargs: Dict[str, Any], ctx: RunContext) -> _Run:
     random_seed(ctx.seed, ctx.rank)
     model = timm.create_model(name, **create_kwargs)
@@ -169,7 +186,9 @@ def _start(name: str, create_kwargs: Dict[str, Any], ctx: RunContext) -> _Run:
     model.to(ctx.device)
     recipe = ctx.recipe
     optimizer = create_optimizer_v2(
-        model, opt=recipe['opt'], lr=recipe['lr'], weight_decay=recipe['weight_decay'], momentum=recipe['momentum'])
+        model, opt=recipe['opt'], lr=recipe['lr'], weight_decay=recipe['weight_decay'], momentum=recipe['momentum'],
+        param_group_fn=partial(optimizer_param_groups, weight_decay=recipe['weight_decay'],
+                               kan_lr_scale=recipe['kan_lr_scale'], kan_weight_decay=recipe['kan_weight_decay']))
     scheduler, epochs = create_scheduler_v2(
         optimizer, sched='cosine', num_epochs=recipe['epochs'], min_lr=recipe['lr'] * recipe['min_lr_ratio'],
         warmup_epochs=recipe['warmup_epochs'], warmup_lr=recipe['lr'] * 0.01)

@@ -1,5 +1,5 @@
 """Reusable KAN layers, and the table of KAN families built on them."""
-from .base import BaseBranch
+from .base import COEFF_INITS, BaseBranch, coefficient_parameters
 from .bspline import BSplineKANLinear, b_spline_basis, uniform_knots
 from .chebyshev import ChebyshevKANLinear, chebyshev_basis
 from .families import KAN_FAMILIES, KAN_TYPES, KANFamily, design_name, family_of_model, family_of_type

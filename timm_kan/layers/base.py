@@ -1,12 +1,31 @@
 """Pieces shared by the KAN layers: the optional base branch and argument checks."""
 import math
-from typing import Callable, Optional, Sequence, Tuple, Type
+from typing import Callable, List, Optional, Sequence, Tuple, Type
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ['BaseBranch', 'KANLinearBase', 'check_positive', 'check_range', 'fused_check_case']
+__all__ = ['BaseBranch', 'KANLinearBase', 'COEFF_INITS', 'check_positive', 'check_range', 'fused_check_case',
+           'coefficient_parameters']
+
+# 'published': each family's published coefficient initialisation; 'variance': coefficients drawn so that
+# the basis expansion preserves variance, Var(y) = Var(x) = 1 for unit-normal edge inputs (the LeCun rule KAT
+# argues for), the base branch keeping its own initialisation
+COEFF_INITS = ('published', 'variance')
+
+
+def coefficient_parameters(model: nn.Module) -> List[nn.Parameter]:
+    """The parameters that shape the learned univariate functions (each module's ``coefficient_names``: spline,
+    Chebyshev, RBF coefficients, spline scalers, rational numerators/denominators), once each, in module order.
+    Base-branch weights, biases and norms are not among them."""
+    params = {}
+    for module in model.modules():
+        for name in getattr(module, 'coefficient_names', ()):
+            param = getattr(module, name)
+            params[id(param)] = param
+    return list(params.values())
 
 
 def check_positive(name: str, value: int) -> None:
@@ -71,7 +90,9 @@ class KANLinearBase(nn.Module):
     initialisation hooks. Subclasses add their coefficients and ``reset_coefficients``.
 
     The layer computes ``y_o = sum_i phi_oi(x_i) + bias_o`` with ``phi_oi = basis expansion (+ base branch)``.
+    ``coefficient_names`` names the parameters of the basis expansion (see ``coefficient_parameters``).
     """
+    coefficient_names: Tuple[str, ...] = ()
 
     def __init__(
             self,
@@ -79,12 +100,16 @@ class KANLinearBase(nn.Module):
             out_features: int,
             base_activation: Optional[Type[nn.Module]],
             bias: bool,
+            coeff_init: str = 'published',
             device=None,
             dtype=None,
     ) -> None:
         super().__init__()
         check_positive('in_features', in_features)
         check_positive('out_features', out_features)
+        if coeff_init not in COEFF_INITS:
+            raise ValueError(f'coeff_init must be one of {COEFF_INITS}, got {coeff_init!r}')
+        self.coeff_init = coeff_init
         self.in_features = in_features
         self.out_features = out_features
         self.base = BaseBranch(in_features, out_features, base_activation, device, dtype) if base_activation else None
@@ -95,6 +120,20 @@ class KANLinearBase(nn.Module):
 
     def reset_base(self) -> None:
         self.base.reset_parameters()
+
+    @torch.no_grad()
+    def variance_preserving_std(self) -> float:
+        """Coefficient std for which the basis expansion has Var(y) = 1 when every edge input is N(0, 1) (the
+        LayerNorm'd tokens a ViT block feeds it): 1 / sqrt(in * E[sum_j B_j(u)^2]), the expectation taken by
+        64-point Gauss-Hermite quadrature (exact for polynomial bases up to degree 127)."""
+        nodes, weights = np.polynomial.hermite_e.hermegauss(64)
+        device = next(self.parameters()).device
+        if device.type == 'meta':  # a layer built only to be counted or loaded into: its values are never read
+            return 1.0
+        u = torch.as_tensor(nodes, dtype=torch.float32, device=device)[:, None].expand(-1, self.in_features)
+        second_moment = self.edge_basis(u).float().pow(2).sum(-1).mean(-1).cpu().double()  # per node, mean over inputs
+        mean_square = float((second_moment * torch.as_tensor(weights / weights.sum())).sum())
+        return 1.0 / math.sqrt(self.in_features * mean_square)
 
     def reset_parameters(self) -> None:
         self.reset_coefficients()

@@ -180,6 +180,7 @@ class BSplineKANLinear(KANLinearBase):
         grid_range: Interval covered by the initial uniform grid.
         base_activation: Activation of the base branch; None removes the branch.
         bias: Adds an output bias.
+        coeff_init: 'published' or 'variance' (``COEFF_INITS``).
         scale_noise: Amplitude of the random initial spline coefficients.
         scale_base: Gain of the base weight's Kaiming initialisation.
         scale_spline: Gain of the spline scaler's Kaiming initialisation.
@@ -195,6 +196,7 @@ class BSplineKANLinear(KANLinearBase):
             grid_range: Tuple[float, float] = (-1.0, 1.0),
             base_activation: Optional[Type[nn.Module]] = nn.SiLU,
             bias: bool = False,
+            coeff_init: str = 'published',
             scale_noise: float = 0.1,
             scale_base: float = 1.0,
             scale_spline: float = 1.0,
@@ -202,7 +204,7 @@ class BSplineKANLinear(KANLinearBase):
             device=None,
             dtype=None,
     ) -> None:
-        super().__init__(in_features, out_features, base_activation, bias, device, dtype)
+        super().__init__(in_features, out_features, base_activation, bias, coeff_init, device, dtype)
         dd = {'device': device, 'dtype': dtype}
         self.fused = fused
         check_positive('grid_size', grid_size)
@@ -223,10 +225,16 @@ class BSplineKANLinear(KANLinearBase):
     def num_bases(self) -> int:
         return self.grid_size + self.spline_order
 
+    coefficient_names = ('spline_weight', 'spline_scaler')
+
     def reset_coefficients(self) -> None:
         with torch.no_grad():
             self.grid.copy_(uniform_knots(
                 self.in_features, self.grid_size, self.spline_order, self.grid_range, self.grid.device))
+        if self.coeff_init == 'variance':
+            nn.init.ones_(self.spline_scaler)
+            nn.init.normal_(self.spline_weight, std=self.variance_preserving_std())
+            return
         # small random spline coefficients: the layer starts close to its base branch
         nn.init.uniform_(self.spline_weight, -0.5 * self.scale_noise / self.grid_size,
                          0.5 * self.scale_noise / self.grid_size)

@@ -81,6 +81,7 @@ class ChebyshevKANLinear(KANLinearBase):
         base_activation: If given, adds a base branch ``base_weight @ act(x)`` (used by the
             function-preserving initialisation from a pretrained MLP).
         bias: Adds an output bias.
+        coeff_init: 'published' or 'variance' (``COEFF_INITS``).
         fused: Triton kernel (True), PyTorch reference (False) or the kernel for CUDA tensors (None).
     """
 
@@ -91,20 +92,25 @@ class ChebyshevKANLinear(KANLinearBase):
             degree: int = 3,
             base_activation: Optional[Type[nn.Module]] = None,
             bias: bool = False,
+            coeff_init: str = 'published',
             fused: Optional[bool] = None,
             device=None,
             dtype=None,
     ) -> None:
-        super().__init__(in_features, out_features, base_activation, bias, device, dtype)
+        super().__init__(in_features, out_features, base_activation, bias, coeff_init, device, dtype)
         check_positive('degree', degree)
         self.fused = fused
         self.degree = degree
         self.coeffs = nn.Parameter(torch.empty(out_features, in_features, degree + 1, device=device, dtype=dtype))
         self.reset_parameters()
 
+    coefficient_names = ('coeffs',)
+
     def reset_coefficients(self) -> None:
-        # std 1 / (in * (degree + 1)), as the published Chebyshev KAN initialises its coefficients
-        nn.init.normal_(self.coeffs, mean=0.0, std=1.0 / (self.in_features * (self.degree + 1)))
+        # published: std 1 / (in * (degree + 1)), as the published Chebyshev KAN initialises its coefficients
+        std = self.variance_preserving_std() if self.coeff_init == 'variance' else \
+            1.0 / (self.in_features * (self.degree + 1))
+        nn.init.normal_(self.coeffs, mean=0.0, std=std)
 
     def edge_basis(self, u: torch.Tensor) -> torch.Tensor:
         return chebyshev_basis(u, self.degree)

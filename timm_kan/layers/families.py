@@ -66,13 +66,14 @@ class KANFamily:
 
 KAN_FAMILIES: Dict[str, KANFamily] = {f.kan_type: f for f in (
     KANFamily('bspline', 'kan_vit', 'B-spline KAN', BSplineKANLinear,
-              dict(grid_size='grid_size', spline_order='spline_order', grid_range='grid_range', kan_fused='fused'),
+              dict(grid_size='grid_size', spline_order='spline_order', grid_range='grid_range',
+                   kan_coeff_init='coeff_init', kan_fused='fused'),
               KAN_BLOCK_OPTIONS, 'B-spline KAN, grid {grid_size}, order {spline_order}', default_base='silu'),
     KANFamily('chebyshev', 'chebykan_vit', 'Chebyshev KAN', ChebyshevKANLinear,
-              dict(degree='degree', kan_fused='fused'),
+              dict(degree='degree', kan_coeff_init='coeff_init', kan_fused='fused'),
               KAN_BLOCK_OPTIONS, 'Chebyshev KAN, degree {degree}', default_base='none'),
     KANFamily('rbf', 'rbfkan_vit', 'RBF KAN', RBFKANLinear,
-              dict(grid_size='grid_size', rbf_basis='basis', grid_range='grid_range'),
+              dict(grid_size='grid_size', rbf_basis='basis', grid_range='grid_range', kan_coeff_init='coeff_init'),
               KAN_BLOCK_OPTIONS, 'RBF KAN, {grid_size} {rbf_basis} bases', default_base='silu',
               notes=dict(kan_fused='there is no fused kernel for rbf KAN yet')),
     KANFamily('rational', 'grkan_vit', 'group-rational KAN', GRKANMlp,

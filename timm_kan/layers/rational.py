@@ -107,6 +107,8 @@ class GroupRational(nn.Module):
         fused: Triton kernel (True), PyTorch reference (False) or the kernel for CUDA tensors (None).
     """
 
+    coefficient_names = ('numerator', 'denominator')
+
     def __init__(
             self,
             num_channels: int,

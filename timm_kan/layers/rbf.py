@@ -71,6 +71,7 @@ class RBFKANLinear(KANLinearBase):
         grid_range: Interval of the centres.
         base_activation: Optional base branch activation (SiLU in FastKAN); None removes it.
         bias: Adds an output bias.
+        coeff_init: 'published' or 'variance' (``COEFF_INITS``).
 
     ``spline_weight`` holds the (out, in, G) coefficients of each edge's bases.
     """
@@ -84,10 +85,11 @@ class RBFKANLinear(KANLinearBase):
             grid_range: tuple = (-2.0, 2.0),
             base_activation: Optional[Type[nn.Module]] = nn.SiLU,
             bias: bool = False,
+            coeff_init: str = 'published',
             device=None,
             dtype=None,
     ) -> None:
-        super().__init__(in_features, out_features, base_activation, bias, device, dtype)
+        super().__init__(in_features, out_features, base_activation, bias, coeff_init, device, dtype)
         dd = {'device': device, 'dtype': dtype}
         if isinstance(grid_size, bool) or not isinstance(grid_size, int) or grid_size < 2:
             raise ValueError(f'grid_size must be an integer >= 2 for RBF KAN, got {grid_size!r}')
@@ -104,8 +106,13 @@ class RBFKANLinear(KANLinearBase):
         self.spline_weight = nn.Parameter(torch.empty(out_features, in_features, grid_size, **dd))
         self.reset_parameters()
 
+    coefficient_names = ('spline_weight',)
+
     def reset_coefficients(self) -> None:
         self.norm.reset_parameters()
+        if self.coeff_init == 'variance':
+            nn.init.normal_(self.spline_weight, std=self.variance_preserving_std())
+            return
         # uniform(+-1/sqrt(fan_in)) over the in * G basis inputs, as FastKAN's linear layer starts
         bound = 1 / math.sqrt(self.in_features * self.grid_size)
         nn.init.uniform_(self.spline_weight, -bound, bound)
