@@ -51,7 +51,7 @@ def test_readme_cpu_performance_section_is_the_generated_one():
     assert _block('cpu-performance') == cpu_performance_section(ROOT / 'docs' / 'bench' / 'cpu-vit-t.json').strip()
 
 
-@pytest.mark.parametrize('name', ['mnist5k', 'fashion5k'])
+@pytest.mark.parametrize('name', ['mnist5k', 'fashion10k'])
 def test_readme_results_are_the_generated_ones(name):
     from timm_kan.tables import results_section
     table = _block(f'results-{name}')
