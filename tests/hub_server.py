@@ -1,12 +1,15 @@
-"""A stand-in for the Hugging Face Hub API on 127.0.0.1 that records every request.
+"""Stand-ins for the Hugging Face Hub API on 127.0.0.1.
 
-It answers just enough of the API for ``HfApi.create_repo``, ``file_exists`` and ``upload_folder``
-(regular, non-LFS uploads) to complete, and keeps the uploaded files' contents.
+:class:`HubRecorder` records every request and answers just enough of the API for ``HfApi.create_repo``,
+``file_exists`` and ``upload_folder`` (regular, non-LFS uploads) to complete, keeping the uploaded files'
+contents. :class:`SilentHub` accepts connections and never answers.
 """
 import base64
 import json
 import re
+import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Dict, List, Tuple
 
@@ -14,7 +17,12 @@ SHA = 'a' * 40
 
 
 class HubRecorder:
-    def __init__(self) -> None:
+    """``hang_head``: record HEAD requests (``file_exists``) but answer none (until the ``with`` block ends,
+    at most 10 s)."""
+
+    def __init__(self, hang_head: bool = False) -> None:
+        self.hang_head = hang_head
+        self.release = threading.Event()
         self.requests: List[Tuple[str, str]] = []
         self.created: List[dict] = []
         self.commits: List[Dict[str, bytes]] = []
@@ -29,6 +37,7 @@ class HubRecorder:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.release.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -55,6 +64,9 @@ class HubRecorder:
 
             def do_HEAD(self) -> None:
                 recorder.requests.append(('HEAD', self.path))
+                if recorder.hang_head:
+                    recorder.release.wait(10)
+                    return
                 self._send(404, headers={'X-Error-Code': 'EntryNotFound', 'X-Error-Message': 'not found'})
 
             def do_GET(self) -> None:
@@ -99,3 +111,43 @@ class HubRecorder:
                 self._send(404, {'error': f'unhandled {self.path}'})
 
         return Handler
+
+
+class SilentHub:
+    """Accepts every connection on 127.0.0.1 and never answers: a Hub that hangs.
+
+    The thread stops by itself after ``lifetime`` seconds (closing what it holds, so that a client without a
+    timeout fails then instead of hanging the test run), or when the ``with`` block ends.
+    """
+
+    def __init__(self, lifetime: float = 10.0) -> None:
+        self.lifetime = lifetime
+        self.accepted = 0
+        self.sock = socket.create_server(('127.0.0.1', 0))
+        self.sock.settimeout(0.05)
+        self.endpoint = f'http://127.0.0.1:{self.sock.getsockname()[1]}'
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        held = []
+        deadline = time.monotonic() + self.lifetime
+        try:
+            while not self.stop.is_set() and time.monotonic() < deadline:
+                try:
+                    held.append(self.sock.accept()[0])
+                    self.accepted += 1
+                except socket.timeout:
+                    continue
+        finally:
+            for conn in held:
+                conn.close()
+            self.sock.close()
+
+    def __enter__(self) -> 'SilentHub':
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()

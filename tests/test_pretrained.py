@@ -248,10 +248,11 @@ def test_convert_cli_round_trip_through_local_dir(vit_checkpoint, tmp_path, fmt)
         assert (loaded(x) - vit_checkpoint['vit'](x)).abs().max().item() < 1e-4
 
 
-def test_convert_cli_reports_a_missing_checkpoint(tmp_path):
-    with pytest.raises(SystemExit, match='checkpoint not found'):
-        cli_main(['convert', '--model', 'kan_vit_t16', '--checkpoint', str(tmp_path / 'no.pth'), '--out',
-                  str(tmp_path / 'o')])
+def test_convert_cli_reports_a_missing_checkpoint(tmp_path, capsys):
+    assert cli_main(['convert', '--model', 'kan_vit_t16', '--checkpoint', str(tmp_path / 'no.pth'), '--out',
+                     str(tmp_path / 'o')]) == 2
+    assert capsys.readouterr().err == f'error: --checkpoint: checkpoint not found: {tmp_path / "no.pth"}\n'
+    assert not (tmp_path / 'o').exists()
 
 
 # ---- other ViT layouts through architecture kwargs ----

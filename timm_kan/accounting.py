@@ -11,7 +11,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ['count_parameters', 'count_flops', 'model_summary', 'model_data_config', 'hidden_widths']
+__all__ = ['count_parameters', 'count_flops', 'model_summary', 'model_data_config', 'hidden_widths',
+           'eval_data_config']
 
 
 def _part(name: str) -> str:
@@ -41,6 +42,15 @@ def model_data_config(model: nn.Module) -> Dict[str, Any]:
     """
     from timm.data.model_config import resolve_input_data_config
     return resolve_input_data_config(model)
+
+
+def eval_data_config(model: nn.Module, crop_pct: float) -> Dict[str, Any]:
+    """The evaluation transform's settings of a run, recorded in the model's ``pretrained_cfg`` (so ``config.json``
+    of an export carries them) and in its checkpoint: predict, explain and export preprocess exactly as validation
+    did."""
+    model.pretrained_cfg = dict(model.pretrained_cfg, crop_pct=crop_pct, crop_mode='center')
+    config = model_data_config(model)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
 
 
 def _input_size(model: nn.Module, input_size: Optional[Sequence[int]]) -> Sequence[int]:

@@ -221,23 +221,25 @@ SHAPES = {'vit-t': (192, 768, 4352), 'vit-s': (384, 1536, 4352), 'vit-b': (768, 
 
 
 def _parser() -> argparse.ArgumentParser:
-    from timm.utils import ParseKwargs
+    from .arguments import KwargsAction, OneLineParser, bounded
 
     cuda = torch.cuda.is_available()
-    p = argparse.ArgumentParser(prog='timm-kan bench', description=__doc__.split('\n\n')[0])
+    count = bounded(int, low=1)
+    p = OneLineParser(prog='timm-kan bench', description=__doc__.split('\n\n')[0])
     p.add_argument('--check', action='store_true',
                    help="run every fused kernel x dtype once against the reference and print the table (no timing)")
     p.add_argument('--shape', choices=sorted(SHAPES), default=None,
                    help='FFN shape of a model: ' + '; '.join(f'{k}: {v[0]}->{v[1]}->{v[0]} on {v[2]} tokens'
                                                              for k, v in SHAPES.items()))
-    p.add_argument('--tokens', type=int, default=None, help='rows (batch x tokens); default 12608 on CUDA, 512 on CPU')
-    p.add_argument('--dim', type=int, default=None, help='default 768 on CUDA, 64 on CPU')
-    p.add_argument('--hidden', type=int, default=None, help='default 3072 on CUDA, 256 on CPU')
-    p.add_argument('--degree', type=int, default=3)
+    p.add_argument('--tokens', type=count, default=None,
+                   help='rows (batch x tokens); default 12608 on CUDA, 512 on CPU')
+    p.add_argument('--dim', type=count, default=None, help='default 768 on CUDA, 64 on CPU')
+    p.add_argument('--hidden', type=count, default=None, help='default 3072 on CUDA, 256 on CPU')
+    p.add_argument('--degree', type=count, default=3)
     p.add_argument('--dtype', default='bfloat16' if cuda else 'float32', choices=('float32', 'bfloat16', 'float16'))
     p.add_argument('--device', default=None)
-    p.add_argument('--reps', type=int, default=20 if cuda else 3)
-    p.add_argument('--warmup', type=int, default=5 if cuda else 1)
+    p.add_argument('--reps', type=count, default=20 if cuda else 3)
+    p.add_argument('--warmup', type=bounded(int, low=0), default=5 if cuda else 1)
     p.add_argument('--variants', nargs='*', default=None, help='FFN variants to run (default: all; MLP always)')
     p.add_argument('--models', nargs='*', default=[
         'vit_base_patch16_224', 'chebykan_vit_base_patch16_224', 'kan_vit_base_patch16_224',
@@ -246,11 +248,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--path-models', nargs='*', default=[
         f'{family}_vit_{size}_patch16_224' for size in ('tiny', 'small') for family in ('chebykan', 'kan', 'grkan')]
         if cuda else [], help='KAN-ViTs to train on the fused and on the reference path')
-    p.add_argument('--batch-size', type=int, default=64)
-    p.add_argument('--img-size', type=int, default=None)
-    p.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs,
+    p.add_argument('--batch-size', type=count, default=64)
+    p.add_argument('--img-size', type=count, default=None)
+    p.add_argument('--model-kwargs', nargs='*', default={}, action=KwargsAction,
                    help='create_model kwargs for both training tables, key=value')
-    p.add_argument('--steps', type=int, default=10 if cuda else 2, help='timed training steps per model')
+    p.add_argument('--steps', type=count, default=10 if cuda else 2, help='timed training steps per model')
     p.add_argument('--json', default=None, help='also write all numbers to this file')
     return p
 

@@ -15,16 +15,22 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from timm.utils import ParseKwargs
+from .arguments import KwargsAction, OneLineParser, bounded, split_pair
 
 __all__ = ['main', 'build_parser']
 
+_positive_int = bounded(int, low=1)
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'must be an integer >= 1, got {value}')
-    return value
+
+def _results_item(text: str) -> str:
+    """A ``--results`` item, checked when parsed (``models`` splits it later)."""
+    split_pair(text, 'NAME=RESULTS_JSON')
+    return text
+
+
+def _one_line(message: object) -> str:
+    """A message on one line: some (torch's unpickler, timm) span several."""
+    return ' '.join(line.strip() for line in str(message).splitlines() if line.strip())
 
 
 def _cmd_info(args: argparse.Namespace) -> None:
@@ -48,6 +54,7 @@ def _cmd_info(args: argparse.Namespace) -> None:
 def _cmd_convert(args: argparse.Namespace) -> None:
     import timm
     from .hub import export_for_hub
+    from .io import check_output_dir
     from .layers import family_of_model
 
     if family_of_model(args.model) is None:
@@ -55,7 +62,8 @@ def _cmd_convert(args: argparse.Namespace) -> None:
                          'rbfkan_vit_* or grkan_vit_* models from a ViT checkpoint')
     checkpoint = Path(args.checkpoint)
     if not checkpoint.is_file():
-        raise SystemExit(f'error: checkpoint not found: {checkpoint}')
+        raise FileNotFoundError(f'--checkpoint: checkpoint not found: {checkpoint}')
+    check_output_dir(args.out, 'export', '--out', [checkpoint], args.overwrite)  # before the slow load
     overlay = dict(file=str(checkpoint), custom_load=checkpoint.suffix == '.npz')
     if args.source_num_classes is not None:
         overlay['num_classes'] = args.source_num_classes
@@ -65,11 +73,12 @@ def _cmd_convert(args: argparse.Namespace) -> None:
     model = timm.create_model(
         args.model, pretrained=True, pretrained_cfg_overlay=overlay, kan_init=args.kan_init,
         pretrained_strict=not args.no_strict, pretrained_resample=args.resample, **kwargs)
-    out = export_for_hub(model, args.out, repo_id=f'local/{Path(args.out).name}')
+    out = export_for_hub(model, args.out, repo_id=f'local/{Path(args.out).name}', overwrite=args.overwrite,
+                         inputs=[checkpoint], option='--out')
     print(f'wrote {out}: load with timm.create_model("local-dir:{out}", pretrained=True) after import timm_kan')
 
 
-def _cmd_compare(args: argparse.Namespace) -> None:
+def _cmd_compare(args: argparse.Namespace) -> int:
     from .compare import DEFAULT_MODELS, CompareConfig, format_table, run_compare
     from .data import bundled_set
 
@@ -86,10 +95,16 @@ def _cmd_compare(args: argparse.Namespace) -> None:
         device=args.device, progress=False if args.no_progress else None, resume=args.resume,
         overwrite=args.overwrite, explain=not args.no_explain)
     results = run_compare(cfg)
+    failed = json.loads((Path(args.output) / 'results.json').read_text()).get('failed', []) \
+        if (Path(args.output) / 'results.json').is_file() else []
     if int(os.environ.get('RANK', '0')) == 0:
-        print(format_table(results))
+        if results:
+            print(format_table(results))
         print(f'\noutputs in {args.output}: results.json, results.csv, loss.png, accuracy.png, accuracy_vs_gflops.png, '
               'accuracy_vs_params.png')
+        for failure in failed:
+            print(f'error: {failure["error"]}', file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _match_params(args: argparse.Namespace) -> bool:
@@ -131,10 +146,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_push(args: argparse.Namespace) -> None:
-    from .hub import (
-        class_names, export_for_hub, model_from_checkpoint, push_to_hub, read_class_map, validate_repo_id)
+    from .hub import agreeing_class_names, class_names, export_for_hub, model_from_checkpoint, push_to_hub, \
+        validate_repo_id
+    from .io import check_output_dir
 
     validate_repo_id(args.repo_id)
+    inputs = [args.checkpoint] + ([args.class_map] if args.class_map else [])
+    if args.export_only:  # before the slow load
+        check_output_dir(args.export_only, 'export', '--export-only', inputs, args.overwrite)
     metrics = None
     if args.metrics:
         try:
@@ -146,15 +165,19 @@ def _cmd_push(args: argparse.Namespace) -> None:
     model, meta = model_from_checkpoint(
         args.model, args.checkpoint, num_classes=args.num_classes, model_kwargs=args.model_kwargs,
         use_ema=not args.no_ema)
-    labels = read_class_map(args.class_map) if args.class_map else (
-        class_names(meta['class_map'], args.checkpoint) if meta.get('class_map') else None)
+    labels = agreeing_class_names(
+        class_names(meta['class_map'], args.checkpoint) if meta.get('class_map') else None, args.class_map)
     if args.export_only:
         out = export_for_hub(model, args.export_only, repo_id=args.repo_id, label_names=labels, metrics=metrics,
-                             dataset=args.dataset, recipe=args.recipe)
+                             dataset=args.dataset, recipe=args.recipe, overwrite=args.overwrite,
+                             inputs=inputs, option='--export-only')
         print(f'wrote {out} (not uploaded)')
         return
-    push_to_hub(model, args.repo_id, private=args.private, token=args.token, metrics=metrics, dataset=args.dataset,
-                recipe=args.recipe, label_names=labels)
+    try:
+        push_to_hub(model, args.repo_id, private=args.private, token=args.token, metrics=metrics,
+                    dataset=args.dataset, recipe=args.recipe, label_names=labels, timeout=args.timeout)
+    except TimeoutError as e:
+        raise TimeoutError(f'push: {e} (--timeout)') from None
     print(f'pushed to {args.repo_id}: timm.create_model("hf-hub:{args.repo_id}", pretrained=True)')
 
 
@@ -180,7 +203,7 @@ def _cmd_bench(args: argparse.Namespace) -> None:
 
 
 def _kwargs_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, help='create_model kwargs, key=value')
+    p.add_argument('--model-kwargs', nargs='*', default={}, action=KwargsAction, help='create_model kwargs, key=value')
 
 
 def _add_info(sub) -> None:
@@ -196,7 +219,9 @@ def _add_convert(sub) -> None:
     p = sub.add_parser('convert', help='convert a ViT checkpoint into a KAN-ViT folder for local-dir:/hf-hub:')
     p.add_argument('--model', required=True, help='KAN-ViT architecture, e.g. chebykan_vit_base_patch16_224')
     p.add_argument('--checkpoint', required=True, help='ViT checkpoint: .safetensors, .pth/.bin or Google .npz')
-    p.add_argument('--out', required=True, help='output folder')
+    p.add_argument('--out', required=True, help='output folder (new, or one convert made)')
+    p.add_argument('--overwrite', action='store_true',
+                   help="write into an existing folder convert did not make (only its own files are replaced)")
     p.add_argument('--num-classes', type=_positive_int, default=None, help='classes of the new head')
     p.add_argument('--source-num-classes', type=_positive_int, default=None,
                    help="classes of the checkpoint's head (default: the architecture's pretrained tag)")
@@ -280,7 +305,12 @@ def _add_push(sub) -> None:
     p.add_argument('--recipe', default=None)
     p.add_argument('--private', action='store_true')
     p.add_argument('--token', default=None)
+    p.add_argument('--timeout', type=bounded(float, low=0, low_open=True), default=60.0, metavar='SECONDS',
+                   help='give up when the Hub does not answer a request within this time (default: 60)')
     p.add_argument('--export-only', default=None, metavar='DIR', help='write the upload folder here, upload nothing')
+    p.add_argument('--overwrite', action='store_true',
+                   help="with --export-only: write into an existing folder push did not make (only its own files "
+                        "are replaced)")
     p.set_defaults(fn=_cmd_push)
 
 
@@ -288,8 +318,8 @@ def _add_split(sub) -> None:
     p = sub.add_parser('split', help='split a one-folder-per-class data set into train/ and val/ (links)')
     p.add_argument('src')
     p.add_argument('dst')
-    p.add_argument('--val-ratio', type=float, default=0.2)
-    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--val-ratio', type=bounded(float, 0, 1, low_open=True, high_open=True), default=0.2)
+    p.add_argument('--seed', type=bounded(int, low=0), default=0)
     p.set_defaults(fn=_cmd_split)
 
 
@@ -299,7 +329,7 @@ def _add_models(sub) -> None:
     p.add_argument('--compare-results', default=None, help="results.json whose table goes into the README")
     p.add_argument('--bench-results', default=None, help='timm-kan bench --json output measured on a GPU')
     p.add_argument('--cpu-bench-results', default=None, help='timm-kan bench --json output measured on a CPU')
-    p.add_argument('--results', nargs='*', default=[], metavar='NAME=RESULTS_JSON',
+    p.add_argument('--results', nargs='*', default=[], type=_results_item, metavar='NAME=RESULTS_JSON',
                    help='compare results.json files for the README blocks results-NAME')
     p.set_defaults(fn=_cmd_models)
 
@@ -311,7 +341,7 @@ def _add_bench(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='timm-kan', description='KAN Vision Transformers for timm.')
+    parser = OneLineParser(prog='timm-kan', description='KAN Vision Transformers for timm.')
     parser.add_argument('-v', '--verbose', action='store_true', help='log progress at INFO level')
     sub = parser.add_subparsers(dest='command', required=True)
     from .explain.command import add_explain_parser
@@ -324,20 +354,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser()
-    if argv[:1] == ['bench']:
-        # argparse's REMAINDER does not take a leading --option: the bench gets its arguments whole
-        args = parser.parse_args(['bench'])
-        args.bench_args = argv[1:]
-    else:
-        args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format='%(levelname)s %(name)s: %(message)s')
-    import timm_kan  # noqa: F401  registers the models
+    verbose = False
     try:
+        parser = build_parser()
+        if argv[:1] == ['bench']:
+            # argparse's REMAINDER does not take a leading --option: the bench gets its arguments whole
+            args = parser.parse_args(['bench'])
+            args.bench_args = argv[1:]
+        else:
+            args = parser.parse_args(argv)
+        verbose = args.verbose
+        logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                            format='%(levelname)s %(name)s: %(message)s')
+        import timm_kan  # noqa: F401  registers the models
         return args.fn(args) or 0
+    except KeyboardInterrupt:
+        print('interrupted', file=sys.stderr)
+        return 130
     except (ValueError, RuntimeError, OSError) as e:
-        print(f'error: {e}', file=sys.stderr)
+        print(f'error: {_one_line(e)}', file=sys.stderr)
+        return 2
+    except Exception as e:  # a bad input that reached a check-less path (KeyError, json, unpickling...): one line
+        if verbose:
+            raise
+        print(f'error: {type(e).__name__}: {_one_line(e)} (run with -v for the traceback)', file=sys.stderr)
         return 2
 
 

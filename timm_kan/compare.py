@@ -9,11 +9,12 @@ rewritten atomically after every epoch. A folder holding results of an earlier r
 ``--resume`` (finished models kept, a half-trained one continued from its last epoch, if the configuration
 is the same) or started again with ``--overwrite``; anything else is an error, never a silent overwrite.
 """
+import contextlib
 import datetime
 import difflib
 import json
 import logging
-import shutil
+import math
 import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -25,13 +26,14 @@ import torch.distributed as dist
 import timm
 from timm.utils.distributed import init_distributed_device_so
 
-from .data import bundled_set, prepare_data
-from .io import processor_name
+from .data import (
+    bundled_set, check_val_ratio, data_inputs, data_manifest, manifest_changes, prepare_data, split_listing)
+from .io import check_output_dir, mark_output_dir, output_lock, processor_name
 from .layers import KAN_FAMILIES, family_of_model
 from .models.kan_vit import ADAPTER_KWARGS
 from .param_match import count_params, match_hidden
 from .results import TABLE_COLUMNS, format_table, write_results
-from .trainer import RunContext, checkpoint_path, suggest_batch_size, train_model
+from .trainer import NonFiniteLoss, RunContext, checkpoint_path, suggest_batch_size, train_model
 
 __all__ = ['CompareConfig', 'RECIPES', 'run_compare', 'resolve_model_name', 'suggest_batch_size', 'format_table',
            'TABLE_COLUMNS', 'kwargs_per_model']
@@ -115,20 +117,26 @@ class CompareConfig:
         for key in ('epochs', 'batch_size'):
             if isinstance(r[key], bool) or not isinstance(r[key], int) or r[key] < 1:
                 raise ValueError(f'--{key.replace("_", "-")} must be an integer >= 1, got {r[key]!r}')
-        if not r['lr'] > 0:
-            raise ValueError(f'--lr must be > 0, got {r["lr"]}')
-        if not r['kan_lr_scale'] > 0:
-            raise ValueError(f'--kan-lr-scale must be > 0, got {r["kan_lr_scale"]}')
+        _check_number('--lr', r['lr'], above=0)
+        _check_number('--kan-lr-scale', r['kan_lr_scale'], above=0)
         for key in ('weight_decay', 'kan_weight_decay'):
-            if r[key] is not None and r[key] < 0:
-                raise ValueError(f'--{key.replace("_", "-")} must be >= 0, got {r[key]}')
+            if r[key] is not None:
+                _check_number(f'--{key.replace("_", "-")}', r[key], at_least=0)
+        check_val_ratio(self.val_ratio)
+        _check_number('--model-ema-decay', self.model_ema_decay, above=0, below=1)
+        for key in ('max_items', 'workers'):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < (1 if key == 'max_items' else 0)):
+                raise ValueError(f'--{key.replace("_", "-")} must be an integer >= {1 if key == "max_items" else 0}, '
+                                 f'got {value!r}')
         seeds = self.run_seeds()
         if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
             raise ValueError(f'seeds must be integers >= 0, got {list(seeds)}')
         if len(set(seeds)) != len(seeds):
             raise ValueError(f'seeds must differ, got {list(seeds)}')
-        if self.param_budget is not None and not self.param_budget > 0:
-            raise ValueError(f'--param-budget must be > 0 (millions of parameters), got {self.param_budget}')
+        if self.param_budget is not None:
+            _check_number('--param-budget', self.param_budget, above=0)
         if self.resume and self.overwrite:
             raise ValueError('--resume continues an earlier run and --overwrite discards it: pass one of them')
         return r
@@ -136,6 +144,19 @@ class CompareConfig:
     def run_seeds(self) -> List[int]:
         """The training seeds: ``seeds``, else ``seed`` alone (``seed`` also draws the split)."""
         return list(self.seeds) if self.seeds is not None else [self.seed]
+
+
+def _check_number(option: str, value: Any, above: Optional[float] = None, at_least: Optional[float] = None,
+                  below: Optional[float] = None) -> None:
+    """A finite number within its bounds, else one line naming the option, the bounds and the value."""
+    bounds = ' and '.join(b for b in (f'> {above}' if above is not None else '',
+                                      f'>= {at_least}' if at_least is not None else '',
+                                      f'< {below}' if below is not None else '') if b)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f'{option} must be a finite number {bounds}, got {value!r}')
+    if (above is not None and value <= above) or (at_least is not None and value < at_least) or \
+            (below is not None and value >= below):
+        raise ValueError(f'{option} must be {bounds}, got {value!r}')
 
 
 def resolve_model_name(name: str) -> str:
@@ -201,31 +222,43 @@ def _run_config(cfg: CompareConfig, models: List[str], recipe: Dict[str, Any], m
     return json.loads(json.dumps(config))
 
 
-def _previous_results(out_dir: Path, cfg: CompareConfig, config: Dict[str, Any], models: List[str]) -> Dict:
+def _remove_own_outputs(out_dir: Path, models: List[str], seeds: List[int]) -> None:
+    """``--overwrite``: the files an earlier run of these models wrote (results, plots, checkpoints), nothing else."""
+    for name in _OUTPUT_FILES:
+        (out_dir / name).unlink(missing_ok=True)
+    for name in models:
+        for tag in ['', *(f'seed{s}' for s in seeds)]:
+            checkpoint_path(out_dir, name, tag).unlink(missing_ok=True)
+
+
+def _previous_results(out_dir: Path, cfg: CompareConfig, config: Dict[str, Any], manifest: Dict[str, Any],
+                      models: List[str]) -> Dict:
     """Finished results to keep: the earlier run's with ``--resume``, none with ``--overwrite`` (its files are
-    removed); an earlier run without either flag, or with another configuration, is an error."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f'--output {out_dir} is an existing file, not a folder')
+    removed); an earlier run without either flag, with another configuration or other data, is an error."""
     results_file = out_dir / 'results.json'
     if not results_file.is_file():
         return {}
     if cfg.overwrite:
-        for name in _OUTPUT_FILES:
-            (out_dir / name).unlink(missing_ok=True)
-        for name in models:
-            shutil.rmtree(checkpoint_path(out_dir, name).parent, ignore_errors=True)
+        _remove_own_outputs(out_dir, models, cfg.run_seeds())
         return {}
     if not cfg.resume:
         raise ValueError(f'{out_dir} holds the results of an earlier run (results.json): pass --resume to continue '
                          'it, --overwrite to start again, or another --output')
-    previous = json.loads(results_file.read_text())
-    differs = sorted(k for k in set(config) | set(previous.get('config', {}))
-                     if config.get(k) != previous.get('config', {}).get(k))
+    try:
+        previous = json.loads(results_file.read_text())
+        before, results = previous.get('config', {}), previous['results']
+    except (ValueError, KeyError, AttributeError) as e:
+        raise ValueError(f'--resume: {results_file} is not a results file of timm-kan compare ({e!r})') from None
+    changes = manifest_changes(previous.get('data_manifest', {}), manifest)
+    if changes:
+        raise ValueError(f'--resume: --data {cfg.data} changed since {out_dir} was run ({"; ".join(changes[:5])}); '
+                         'nothing was written: use --overwrite or another --output')
+    differs = sorted(k for k in set(config) | set(before) if config.get(k) != before.get(k))
     if differs:
-        changes = '; '.join(f'{k}: {previous.get("config", {}).get(k)!r} then, {config.get(k)!r} now' for k in differs)
+        changes = '; '.join(f'{k}: {before.get(k)!r} then, {config.get(k)!r} now' for k in differs)
         raise ValueError(f'--resume: {out_dir} was run with another configuration ({changes}); '
                          'use --overwrite or another --output')
-    return {(r['model'], r['seed']): r for r in previous['results'] if r.get('complete')}
+    return {(r['model'], r['seed']): r for r in results if r.get('complete')}
 
 
 class _Explainer:
@@ -264,21 +297,38 @@ def _match_params(models: List[str], create: Dict[str, Dict[str, Any]], budget_m
 
 
 def run_compare(cfg: CompareConfig) -> List[Dict[str, Any]]:
-    """Train every model of ``cfg.models`` under one recipe and write the comparison outputs."""
+    """Train every model of ``cfg.models`` under one recipe and write the comparison outputs.
+
+    Everything is checked before anything is written: the options, the output folder (not the data, not a folder
+    another command or a user made, unless ``overwrite``) and, with ``resume``, that the data and configuration
+    are the run's. One process at a time owns the output folder (a lock file holding its pid).
+    """
     models = [resolve_model_name(m) for m in cfg.models]
     recipe = cfg.resolved()
-    model_kwargs = dict(BUNDLED_MODEL_KWARGS.get(bundled_set(cfg.data), {}), **cfg.model_kwargs)
-    per_model = kwargs_per_model(models, model_kwargs)
+    out_dir = Path(cfg.output)
+    inputs = data_inputs(cfg.data) + ([cfg.pretrained_file] if cfg.pretrained_file else [])
+    check_output_dir(out_dir, 'compare', '--output', inputs, cfg.overwrite)
+    manifest = data_manifest(cfg.data)
     device = _device(cfg)
     if dist.is_initialized():
         info = dict(device=device, global_rank=dist.get_rank(), world_size=dist.get_world_size(), distributed=True)
     else:
         info = init_distributed_device_so(device=device)
+    # rank 0 owns the folder; the other ranks of the same run only read it
+    with output_lock(out_dir) if info['global_rank'] == 0 else contextlib.nullcontext():
+        return _run(cfg, models, recipe, manifest, info)
+
+
+def _run(cfg: CompareConfig, models: List[str], recipe: Dict[str, Any], manifest: Dict[str, Any],
+         info: Dict[str, Any]) -> List[Dict[str, Any]]:
     rank, world, distributed = info['global_rank'], info['world_size'], info['distributed']
     out_dir = Path(cfg.output)
+    model_kwargs = dict(BUNDLED_MODEL_KWARGS.get(bundled_set(cfg.data), {}), **cfg.model_kwargs)
+    per_model = kwargs_per_model(models, model_kwargs)
     config = _run_config(cfg, models, recipe, model_kwargs, world)
-    done = _previous_results(out_dir, cfg, config, models)
+    done = _previous_results(out_dir, cfg, config, manifest, models)
     if rank == 0:
+        mark_output_dir(out_dir, 'compare')
         data_root, classes = prepare_data(cfg.data, out_dir, cfg.val_ratio, cfg.seed, cfg.max_items)
     if distributed:
         dist.barrier()
@@ -286,8 +336,9 @@ def run_compare(cfg: CompareConfig) -> List[Dict[str, Any]]:
             data_root, classes = prepare_data(cfg.data, out_dir, cfg.val_ratio, cfg.seed, cfg.max_items)
     meta = dict(data=cfg.data, recipe=cfg.recipe, recipe_args=config['recipe'], model_kwargs=model_kwargs,
                 seed=cfg.seed, world_size=world, device=str(info['device']), torch=torch.__version__,
-                timm=timm.__version__, classes=classes, config=config, date=datetime.date.today().isoformat(),
-                processor=processor_name(), command=' '.join(['timm-kan', *sys.argv[1:]]))
+                timm=timm.__version__, classes=classes, config=config, data_manifest=manifest, failed=[],
+                date=datetime.date.today().isoformat(), processor=processor_name(),
+                command=' '.join(['timm-kan', *sys.argv[1:]]))
     results: List[Dict[str, Any]] = []
 
     def write(current: Optional[Dict[str, Any]] = None) -> None:
@@ -299,7 +350,7 @@ def run_compare(cfg: CompareConfig) -> List[Dict[str, Any]]:
         seed=cfg.seed, distributed=distributed, rank=rank, workers=cfg.workers, amp=cfg.amp, amp_dtype=cfg.amp_dtype,
         model_ema_decay=cfg.model_ema_decay if cfg.model_ema else None, progress=cfg.progress, on_epoch=write,
         on_trained=_Explainer(out_dir, data_root, classes, cfg.seed) if cfg.explain and rank == 0
-        else (lambda name, model, result: None))
+        else (lambda name, model, result: None), split_files=split_listing(data_root))
     create = {name: _create_kwargs(name, cfg, per_model[name], len(classes)) for name in models}
     if cfg.match_params or cfg.param_budget is not None:
         _match_params(models, create, cfg.param_budget)
@@ -311,7 +362,11 @@ def run_compare(cfg: CompareConfig) -> List[Dict[str, Any]]:
                 continue
             run_ctx = replace(ctx, seed=seed, run_tag=f'seed{seed}' if len(seeds) > 1 else '',
                               on_trained=ctx.on_trained if seed == seeds[0] else (lambda *args: None))
-            results.append(train_model(name, create[name], run_ctx, resume=cfg.resume))
+            try:
+                results.append(train_model(name, create[name], run_ctx, resume=cfg.resume))
+            except NonFiniteLoss as e:  # this model diverged: say so, keep its last good epoch, train the others
+                _logger.error(str(e))
+                meta['failed'].append(dict(model=name, seed=seed, error=str(e)))
             write()
     if distributed:
         dist.barrier()

@@ -22,26 +22,19 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .io import atomic_dir, write_class_map
+from .fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, read_fashion_mnist
+from .io import LOCK_FILE, DataError, OUTPUT_MARKER, atomic_dir, check_placement, write_class_map
 
 __all__ = ['BUNDLED_DATASETS', 'DataError', 'prepare_data', 'split_image_folder', 'IMAGE_EXTENSIONS',
-           'split_class_map', 'read_fashion_mnist', 'FASHION_MNIST_CLASSES', 'bundled_set']
+           'split_class_map', 'read_fashion_mnist', 'FASHION_MNIST_CLASSES', 'bundled_set', 'data_inputs',
+           'data_manifest', 'manifest_changes', 'split_listing']
 
 _logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm')
 BUNDLED_DATASETS = ('mnist5k', 'digits', 'fashion-mnist')
-FASHION_MNIST_DIR = Path('/usr/share/datasets/fashion-mnist')
-FASHION_MNIST_CLASSES = ('T-shirt_top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag',
-                         'Ankle_boot')
-_IDX_FILES = {'train': ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),
-              'val': ('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')}
 MANIFEST = 'split.json'
 _MANIFEST_VERSION = 1
-
-
-class DataError(ValueError):
-    """A data set that cannot be used, naming the path and what is wrong with it."""
 
 
 def _load_bundled(name: str) -> Tuple[np.ndarray, np.ndarray, List[str]]:
@@ -75,46 +68,6 @@ def bundled_set(data: str) -> Optional[str]:
     return name if name in BUNDLED_DATASETS else None
 
 
-def _idx_file(folder: Path, name: str) -> Path:
-    for candidate in (folder / f'{name}.gz', folder / name):
-        if candidate.is_file():
-            return candidate
-    raise DataError(f'Fashion-MNIST file {name}[.gz] not found in {folder}: install Debian\'s package with '
-                    '`apt-get install dataset-fashion-mnist` or pass --data fashion-mnist:FOLDER with the 4 IDX files')
-
-
-def _read_idx(path: Path, magic: int, header: int, item_bytes: int) -> np.ndarray:
-    """An IDX array (big-endian header: magic, count, then rows and columns for images), checked for size."""
-    import gzip
-
-    raw = (gzip.open if path.suffix == '.gz' else open)(path, 'rb').read()
-    if len(raw) < header or int.from_bytes(raw[:4], 'big') != magic:
-        raise DataError(f'{path} is not an IDX file (magic number {magic:#x} expected)')
-    count = int.from_bytes(raw[4:8], 'big')
-    if len(raw) != header + count * item_bytes:
-        raise DataError(f'{path} is truncated or padded: its header says {count} items of {item_bytes} bytes '
-                        f'({header + count * item_bytes} bytes in all), the file has {len(raw)}')
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(count, -1)
-
-
-def read_fashion_mnist(folder: Path = FASHION_MNIST_DIR) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
-    """{'train': (images (N, 28, 28), labels), 'val': (...)} from the four IDX files in ``folder``."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(f'Fashion-MNIST not found: {folder} does not exist. Install Debian\'s package with '
-                        '`apt-get install dataset-fashion-mnist` or pass --data fashion-mnist:FOLDER')
-    out = {}
-    for split, (images_name, labels_name) in _IDX_FILES.items():
-        images = _read_idx(_idx_file(folder, images_name), 0x803, 16, 28 * 28).reshape(-1, 28, 28)
-        labels = _read_idx(_idx_file(folder, labels_name), 0x801, 8, 1)[:, 0]
-        if len(images) != len(labels):
-            raise DataError(f'{folder}: {split} has {len(images)} images but {len(labels)} labels')
-        if labels.max(initial=0) >= len(FASHION_MNIST_CLASSES):
-            raise DataError(f'{folder}: {split} labels go up to {labels.max()}, Fashion-MNIST has 10 classes')
-        out[split] = (images, labels.astype(np.int64))
-    return out
-
-
 def _prepare_fashion_mnist(folder: Path, root: Path, seed: int, max_items: Optional[int]) -> List[str]:
     """The official training set (``max_items`` of it drawn with ``seed``) and test set, as PNG folders."""
     sets = read_fashion_mnist(folder)
@@ -130,11 +83,11 @@ def _prepare_fashion_mnist(folder: Path, root: Path, seed: int, max_items: Optio
     if _reusable(root, manifest):
         return classes
     _ensure_replaceable(root)
-    with atomic_dir(root, replace=True) as tmp:
+    with atomic_dir(root, 'split', whole=True) as tmp:
         _write_split(tmp, 'train', images[ids], labels[ids], classes, ids)
         val_images, val_labels = sets['val']
         _write_split(tmp, 'val', val_images, val_labels, classes, np.arange(len(val_labels)))
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        _write_manifest(tmp, manifest, classes)
     return classes
 
 
@@ -167,27 +120,23 @@ def _check_split_sizes(is_val: Sequence[bool], source: str, val_ratio: float) ->
             f'{n_val} validation images; both splits need images (more images per class, or another --val-ratio)')
 
 
-def _readable(path: Path) -> bool:
-    from PIL import Image
-    try:
-        with Image.open(path) as im:
-            im.verify()
-        return True
-    except Exception:
-        return False
-
-
 def _manifest(source: str, seed: int, val_ratio: float, max_items: Optional[int], listing: str) -> Dict[str, Any]:
     return dict(version=_MANIFEST_VERSION, source=source, seed=seed, val_ratio=val_ratio, max_items=max_items,
                 items_sha256=hashlib.sha256(listing.encode()).hexdigest())
 
 
-def _reusable(root: Path, manifest: Dict[str, Any]) -> bool:
-    path = root / MANIFEST
+def _reusable(root: Path, manifest: Dict[str, Any]) -> Optional[List[str]]:
+    """The classes of the split in ``root`` when it was made from what ``manifest`` describes, else None."""
     try:
-        return json.loads(path.read_text()) == manifest
+        made = json.loads((root / MANIFEST).read_text())
     except (OSError, ValueError):
-        return False
+        return None
+    classes = made.pop('classes', None) if isinstance(made, dict) else None
+    return classes if made == manifest and classes else None
+
+
+def _write_manifest(folder: Path, manifest: Dict[str, Any], classes: Sequence[str]) -> None:
+    (folder / MANIFEST).write_text(json.dumps(dict(manifest, classes=list(classes)), indent=2))
 
 
 def _ensure_replaceable(root: Path) -> None:
@@ -197,53 +146,138 @@ def _ensure_replaceable(root: Path) -> None:
                         'choose another destination or remove it')
 
 
-def _class_files(src: Path) -> Tuple[List[str], List[Tuple[Path, int]]]:
+def data_inputs(data: str) -> List[Path]:
+    """The folders ``--data`` reads (none for a bundled set): a command's outputs must lie outside them."""
+    if data in BUNDLED_DATASETS:
+        return []
+    if data == 'fashion-mnist' or data.startswith('fashion-mnist:'):
+        return [Path(data.split(':', 1)[1]).expanduser() if ':' in data else FASHION_MNIST_DIR]
+    return [Path(data).expanduser()]
+
+
+def _is_output(folder: Path) -> bool:
+    """A folder a timm-kan command wrote (a run, an export, a split): never a class of the data around it."""
+    return any((folder / name).exists() for name in (OUTPUT_MARKER, LOCK_FILE, MANIFEST))
+
+
+def _candidate_classes(src: Path, warn: bool = True) -> Dict[str, List[Path]]:
+    """Class folder name -> its image files by name: visible folders holding image files, outputs left out."""
     if not src.is_dir():
         raise DataError(f'data folder does not exist: {src}')
-    classes = sorted(d.name for d in src.iterdir() if d.is_dir() and not d.name.startswith('.'))
-    files: List[Tuple[Path, int]] = []
-    for label, name in enumerate(classes):
-        files += [(p, label) for p in sorted((src / name).iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS]
-    if not files:
+    found, skipped = {}, []
+    for d in sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith('.')):
+        files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        if _is_output(d) or not files:
+            skipped.append(d.name + (' (a timm-kan output)' if _is_output(d) else ' (no images)'))
+        else:
+            found[d.name] = files
+    if skipped and warn:
+        _logger.warning(f'{src}: not classes: {", ".join(skipped)}')
+    return found
+
+
+def _listing(candidates: Dict[str, List[Path]]) -> Dict[str, Dict[str, Any]]:
+    """Per class: image count and a hash of the file names and sizes (what a resumed run compares)."""
+    return {c: dict(count=len(files), sha256=hashlib.sha256(
+        '\n'.join(f'{p.name}\t{p.stat().st_size}' for p in files).encode()).hexdigest())
+        for c, files in candidates.items()}
+
+
+def data_manifest(data: str) -> Dict[str, Any]:
+    """What ``--data`` holds now, read without writing anything: per split and class, image count and a hash of
+    the names and sizes (Fashion-MNIST: its files' sizes; a bundled set is fixed: empty)."""
+    if data in BUNDLED_DATASETS:
+        return {}
+    src = data_inputs(data)[0]
+    if data.startswith('fashion-mnist'):
+        return {'files': {p.name: dict(count=p.stat().st_size) for p in sorted(src.glob('*idx*'))}}
+    if (src / 'train').is_dir() and (src / 'val').is_dir():
+        return {split: _listing(_candidate_classes(src / split, warn=False)) for split in ('train', 'val')}
+    return {'all': _listing(_candidate_classes(src, warn=False))}
+
+
+def manifest_changes(before: Dict[str, Any], now: Dict[str, Any]) -> List[str]:
+    """What changed between two :func:`data_manifest` s, in words ('class bird added', "'cat': 50 -> 53 images")."""
+    changes = []
+    for split in sorted(set(before) | set(now)):
+        old, new = before.get(split, {}), now.get(split, {})
+        where = '' if split in ('all', 'files') else f'{split}/'
+        changes += [f'class {where}{c} added' for c in sorted(set(new) - set(old))]
+        changes += [f'class {where}{c} removed' for c in sorted(set(old) - set(new))]
+        for c in sorted(set(old) & set(new)):
+            if old[c]['count'] != new[c]['count']:
+                changes.append(f'{where}{c}: {old[c]["count"]} -> {new[c]["count"]}')
+            elif old[c].get('sha256') != new[c].get('sha256'):
+                changes.append(f'{where}{c}: files renamed or rewritten')
+    return changes
+
+
+def _readable_classes(src: Path, candidates: Dict[str, List[Path]], min_classes: int = 2) -> Dict[str, List[Path]]:
+    """The readable images of each class (unreadable ones counted and named per class); classes left with none
+    are dropped; fewer than ``min_classes`` classes is an error."""
+    from .images import check_image
+
+    readable, bad, skipped = {}, [], 0
+    for name, files in candidates.items():
+        reasons = {p: check_image(p) for p in files}
+        failed = [f'{p.name} ({why.split(": ", 1)[-1]})' for p, why in reasons.items() if why]
+        if failed:
+            bad.append(f'{name}: {len(failed)} of {len(files)}, e.g. {failed[0]}')
+            skipped += len(failed)
+        if len(failed) < len(files):
+            readable[name] = [p for p, why in reasons.items() if not why]
+    if bad:
+        total = sum(len(files) for files in candidates.values())
+        _logger.warning(f'{src}: skipped {skipped} unreadable image(s) of {total} ({"; ".join(bad)})')
+    if not candidates:
         raise DataError(
             f'no images in {src}: expected one sub-folder per class holding {"/".join(IMAGE_EXTENSIONS)} files')
-    used = sorted({label for _, label in files})
-    if len(used) < 2:
-        raise DataError(f'{src} holds images of {len(used)} class ({classes[used[0]]!r}); a classifier needs >= 2')
-    return classes, files
+    if len(readable) < min_classes:
+        need = 'a classifier needs >= 2' if min_classes > 1 else 'validation needs images'
+        raise DataError(f'{src} holds images of {len(readable)} class(es) ({", ".join(readable)}) once unreadable '
+                        f'ones are left out; {need}')
+    return readable
+
+
+def _link_split(tmp: Path, split: str, files: Dict[str, List[Path]]) -> None:
+    for name, paths in files.items():
+        (tmp / split / name).mkdir(parents=True, exist_ok=True)
+        for path in paths:
+            os.symlink(path.resolve(), tmp / split / name / path.name)
 
 
 def split_image_folder(src: Path, dst: Path, val_ratio: float, seed: int) -> List[str]:
     """Split a one-folder-per-class data set into ``dst/train`` and ``dst/val`` by links.
 
-    Per class, files are sorted by name and ``val_ratio`` of them drawn with ``random.Random(seed)``,
-    as the reference write-ups do. Unreadable images are left out with one warning that counts them.
-    ``dst`` is reused when its manifest matches, rebuilt when it is an older split made here, and refused
-    when it is anything else. ``dst/class_indices.json`` holds the class map.
+    Classes are the visible sub-folders holding at least one readable image (timm-kan outputs are never classes).
+    Per class, files are sorted by name and ``val_ratio`` of them drawn with ``random.Random(seed)``, as the
+    reference write-ups do; unreadable images are left out, counted and named per class. ``dst`` is reused when
+    its manifest matches, rebuilt when it is an older split made here, and refused when it is anything else.
+    ``dst/class_indices.json`` holds the class map.
 
     Returns:
         The class names, sorted (index = label).
     """
     src, dst = Path(src).expanduser().resolve(), Path(dst)
     check_val_ratio(val_ratio)
-    classes, files = _class_files(src)
-    listing = '\n'.join(f'{p.relative_to(src)}\t{p.stat().st_size}' for p, _ in files)
-    manifest = _manifest(str(src), seed, val_ratio, None, listing)
-    if _reusable(dst, manifest):
-        return classes
+    check_placement(dst, 'split destination', [src])
+    candidates = _candidate_classes(src)
+    manifest = _manifest(str(src), seed, val_ratio, None, json.dumps(_listing(candidates), sort_keys=True))
+    reused = _reusable(dst, manifest)
+    if reused:
+        return reused
     _ensure_replaceable(dst)
-    readable = [(p, label) for p, label in files if _readable(p)]
-    if len(readable) < len(files):
-        _logger.warning(f'{src}: skipped {len(files) - len(readable)} unreadable image(s) of {len(files)}')
-    is_val = _per_class_split([label for _, label in readable], val_ratio, seed)
+    readable = _readable_classes(src, candidates)
+    classes = sorted(readable)
+    files = [(p, label) for label, c in enumerate(classes) for p in readable[c]]
+    is_val = _per_class_split([label for _, label in files], val_ratio, seed)
     _check_split_sizes(is_val, str(src), val_ratio)
-    with atomic_dir(dst, replace=True) as tmp:
-        for (path, label), val in zip(readable, is_val):
-            link = tmp / ('val' if val else 'train') / classes[label] / path.name
-            link.parent.mkdir(parents=True, exist_ok=True)
-            os.symlink(path, link)
+    with atomic_dir(dst, 'split', whole=True) as tmp:
+        for split, want in (('train', False), ('val', True)):
+            _link_split(tmp, split, {c: [p for (p, label), v in zip(files, is_val) if v == want and classes[label] == c]
+                                     for c in classes})
         write_class_map(tmp, classes)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        _write_manifest(tmp, manifest, classes)
     return classes
 
 
@@ -263,36 +297,45 @@ def _prepare_bundled(name: str, root: Path, val_ratio: float, seed: int, max_ite
     _ensure_replaceable(root)
     is_val = np.array(_per_class_split(labels.tolist(), val_ratio, seed))
     _check_split_sizes(is_val.tolist(), name if max_items is None else f'{name} (--max-items {max_items})', val_ratio)
-    with atomic_dir(root, replace=True) as tmp:
+    with atomic_dir(root, 'split', whole=True) as tmp:
         _write_split(tmp, 'train', images[~is_val], labels[~is_val], classes, ids[~is_val])
         _write_split(tmp, 'val', images[is_val], labels[is_val], classes, ids[is_val])
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        _write_manifest(tmp, manifest, classes)
     return classes
 
 
-def _image_classes(folder: Path) -> Dict[str, int]:
-    """Class folder name -> number of images in it."""
-    return {d.name: sum(1 for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-            for d in sorted(folder.iterdir()) if d.is_dir() and not d.name.startswith('.')}
-
-
-def _check_presplit(src: Path) -> List[str]:
-    """Classes of a folder that is split already; validation is read with the training class map."""
-    train, val = _image_classes(src / 'train'), _image_classes(src / 'val')
-    classes = sorted(c for c, n in train.items() if n)
-    if len(classes) < 2:
-        raise DataError(f'{src / "train"} holds images of {len(classes)} class(es); a classifier needs >= 2')
-    if not sum(val.values()):
-        raise DataError(f'{src / "val"} holds no images (training split: {sum(train.values())}); '
-                        'validation needs images')
-    unknown = sorted(c for c, n in val.items() if n and c not in classes)
+def _link_presplit(src: Path, dst: Path) -> List[str]:
+    """A folder split already (``train/``, ``val/``) linked into ``dst`` with its unreadable images left out;
+    validation is read with the training class map."""
+    train, val = _candidate_classes(src / 'train'), _candidate_classes(src / 'val')
+    manifest = _manifest(str(src.resolve()), 0, None, None,
+                         json.dumps([_listing(train), _listing(val)], sort_keys=True))
+    reused = _reusable(dst, manifest)
+    if reused:
+        return reused
+    _ensure_replaceable(dst)
+    train = _readable_classes(src / 'train', train)
+    classes = sorted(train)
+    val = _readable_classes(src / 'val', val, min_classes=1)
+    unknown = sorted(c for c in val if c not in classes)
     if unknown:
         raise DataError(f'{src / "val"} has classes the training split lacks: {", ".join(unknown)} '
                         f'(training classes: {", ".join(classes)})')
     absent = [c for c in classes if not val.get(c)]
     if absent:
         _logger.warning(f'{src / "val"}: no validation images of class(es) {", ".join(absent)}')
+    with atomic_dir(dst, 'split', whole=True) as tmp:
+        _link_split(tmp, 'train', train)
+        _link_split(tmp, 'val', val)
+        _write_manifest(tmp, manifest, classes)
     return classes
+
+
+def split_listing(root: Path) -> Dict[str, List[str]]:
+    """A prepared split's image files ('train', 'val': paths relative to the split): every model of a run is
+    trained and validated on exactly these."""
+    return {split: sorted(str(p.relative_to(root / split)) for p in (root / split).rglob('*')
+                          if p.suffix.lower() in IMAGE_EXTENSIONS) for split in ('train', 'val')}
 
 
 def split_class_map(classes: Sequence[str]) -> Dict[str, int]:
@@ -309,8 +352,9 @@ def prepare_data(
 ) -> Tuple[Path, List[str]]:
     """Make ``out_dir/data/{train,val}`` from a bundled set name or an image folder.
 
-    A folder that already has ``train/`` and ``val/`` sub-folders is used as it is (validation read with the
-    training class map). Writes ``class_indices.json`` (index -> class name) into ``out_dir``.
+    A folder that already has ``train/`` and ``val/`` sub-folders keeps that split (linked, its unreadable images
+    left out; validation read with the training class map). Writes ``class_indices.json`` (index -> class name)
+    into ``out_dir``.
 
     Args:
         data: ``'mnist5k'``, ``'digits'`` or a path.
@@ -332,7 +376,7 @@ def prepare_data(
     else:
         src = Path(data).expanduser()
         if (src / 'train').is_dir() and (src / 'val').is_dir():
-            root, classes = src, _check_presplit(src)
+            classes = _link_presplit(src, root)
         else:
             classes = split_image_folder(src, root, val_ratio, seed)
     write_class_map(out_dir, classes)

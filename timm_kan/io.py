@@ -1,15 +1,26 @@
-"""Small output helpers shared by the commands: markdown tables, atomic JSON files and folders, class maps."""
+"""Output helpers shared by the commands: markdown tables, atomic JSON files and folders, class maps, and the
+rules that keep a user's files safe (a command writes only into a new folder or one it made, replaces only its own
+files, and one run at a time owns a folder)."""
+import contextlib
 import json
+import logging
 import os
 import shutil
+import socket
+import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence, Union
+from typing import Any, Dict, Iterator, Optional, Sequence, Union
 
 import torch
 
-__all__ = ['markdown_table', 'write_json_atomic', 'write_class_map', 'atomic_dir', 'processor_name']
+__all__ = ['markdown_table', 'write_json_atomic', 'write_class_map', 'atomic_dir', 'processor_name', 'DataError',
+           'OutputError', 'check_placement', 'check_output_dir', 'mark_output_dir', 'output_lock', 'OUTPUT_MARKER',
+           'EXPORT_MARKER_KEY', 'LOCK_FILE']
+
+_logger = logging.getLogger(__name__)
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -47,27 +58,171 @@ def write_class_map(folder: Union[str, Path], classes: Sequence[str]) -> Path:
     return path
 
 
-@contextmanager
-def atomic_dir(target: Union[str, Path], replace: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder beside ``target`` that becomes ``target`` only when the block completes.
+class DataError(ValueError):
+    """A data set that cannot be used, naming the path and what is wrong with it."""
 
-    An interrupt or error leaves no ``target`` (and removes the temporary folder). With ``replace`` an
-    existing ``target`` is swapped out; without it an existing ``target`` is an error.
+
+class OutputError(ValueError):
+    """An output folder a command may not write into, naming the folder, the option and why."""
+
+
+# the record, inside a folder a command made, that the folder is that command's own (splits carry split.json);
+# an export folder is exactly what the Hub receives, so its record is a key of its config.json instead
+OUTPUT_MARKER = '.timm_kan.json'
+EXPORT_MARKER_KEY = 'timm_kan_version'
+LOCK_FILE = '.timm_kan.lock'
+
+
+def _marker_kind(folder: Path) -> Optional[str]:
+    for name, kind_of in ((OUTPUT_MARKER, lambda d: d.get('kind')),
+                          ('config.json', lambda d: 'export' if EXPORT_MARKER_KEY in d else None)):
+        try:
+            return kind_of(json.loads((folder / name).read_text()))
+        except (OSError, ValueError, AttributeError, TypeError):
+            continue
+    return None
+
+
+def check_placement(target: Union[str, Path], option: str, inputs: Sequence[Union[str, Path]] = ()) -> Path:
+    """Raise :class:`OutputError` when the output folder ``target`` is the current folder or one above it, an input,
+    inside an input or holding one; writes nothing."""
+    target = Path(target).expanduser()
+    resolved = target.resolve()
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise OutputError(f'{option} {target}: that is the current folder or a folder above it; give a folder of '
+                          'its own')
+    for given in inputs:
+        source = Path(given).expanduser().resolve()
+        if resolved == source or source in resolved.parents:
+            raise OutputError(f'{option} {target} lies inside the input {given}: choose a folder outside it')
+        if resolved in source.parents:
+            raise OutputError(f'{option} {target} holds the input {given}: choose a folder of its own')
+    return target
+
+
+def check_output_dir(target: Union[str, Path], kind: str, option: str, inputs: Sequence[Union[str, Path]] = (),
+                     overwrite: bool = False) -> Path:
+    """Raise :class:`OutputError` unless ``kind``'s command may write into the folder ``target``; writes nothing.
+
+    Refused always: what :func:`check_placement` refuses, an existing file. Refused unless ``overwrite``: an
+    existing, non-empty folder the command did not make (no :data:`OUTPUT_MARKER` of ``kind``). With ``overwrite``
+    the command still replaces only the files it writes.
+    """
+    target = check_placement(target, option, inputs)
+    if target.exists() and not target.is_dir():
+        raise OutputError(f'{option} {target} is an existing file, not a folder')
+    # a folder holding only a lock is being started by another run: output_lock names it
+    if target.is_dir() and any(p.name != LOCK_FILE for p in target.iterdir()) and _marker_kind(target) != kind \
+            and not overwrite:
+        raise OutputError(f'{option} {target} exists and was not made by timm-kan {kind} (no {OUTPUT_MARKER}): '
+                          'choose a new folder, or pass --overwrite to write into it (only the files the command '
+                          'writes are replaced)')
+    return target
+
+
+def mark_output_dir(folder: Union[str, Path], kind: str) -> None:
+    """Record that ``folder`` is ``kind``'s own output (see :func:`check_output_dir`)."""
+    write_json_atomic(Path(folder) / OUTPUT_MARKER, {'kind': kind, 'made_by': 'timm_kan'})
+
+
+@contextmanager
+def atomic_dir(target: Union[str, Path], kind: str, whole: bool = False, mark: bool = True) -> Iterator[Path]:
+    """Yield a temporary folder beside ``target`` whose files become ``target``'s when the block completes.
+
+    A new or empty ``target`` is the renamed temporary folder (it appears whole or not at all); into an existing
+    one each written file is moved by an atomic rename, and nothing else in it is touched. With ``whole`` an
+    existing ``target``, which the caller has checked is wholly its own (a split it made), is swapped out instead.
+    The folder is marked as ``kind``'s own. An interrupt or error leaves ``target`` as it was and removes the
+    temporary folder. Callers check ``target`` with :func:`check_output_dir` first.
     """
     target = Path(target)
-    if target.exists() and not replace:
-        raise FileExistsError(f'{target} exists already')
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f'.{target.name}.', suffix='.tmp'))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the folder it becomes is an ordinary one
     try:
         yield tmp
-        if target.exists():
-            shutil.rmtree(target) if target.is_dir() else target.unlink()
-        os.replace(tmp, target)
+        if mark:
+            mark_output_dir(tmp, kind)
+        if target.is_dir() and not any(target.iterdir()):
+            target.rmdir()
+        if whole and target.is_dir():
+            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f'.{target.name}.', suffix='.old'))
+            os.replace(target, old / target.name)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)  # the caller's own earlier folder, moved aside just now
+            return
+        if not target.exists():
+            os.replace(tmp, target)
+            return
+        for path in sorted(tmp.rglob('*'), key=lambda p: len(p.parts)):
+            dest = target / path.relative_to(tmp)
+            if path.is_dir():
+                dest.mkdir(exist_ok=True)
+            else:
+                os.replace(path, dest)
     finally:
         if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(tmp, ignore_errors=True)  # only the temporary folder this call made
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _lock_holder(path: Path) -> Optional[Dict[str, Any]]:
+    """The lock's content; None for a lock whose holder is gone (dead process, or unreadable and old)."""
+    try:
+        holder = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):  # being written right now, or left half written by a crash
+        return {} if time.time() - path.stat().st_mtime < 10 else None
+    if holder.get('host') == socket.gethostname() and not _pid_alive(int(holder.get('pid', -1))):
+        return None
+    return holder
+
+
+@contextmanager
+def output_lock(folder: Union[str, Path], option: str = '--output') -> Iterator[None]:
+    """Own ``folder`` for one run: a lock file holding this process's pid, removed when the block ends.
+
+    A second run into the same folder is an :class:`OutputError` naming the holder; a lock left by a process that
+    is no longer running is taken over with a warning.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE
+    mine = {'pid': os.getpid(), 'host': socket.gethostname(), 'command': ' '.join(sys.argv),
+            'started': time.strftime('%Y-%m-%d %H:%M:%S')}
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            holder = _lock_holder(path)
+            if holder is not None:
+                who = f'pid {holder["pid"]} on {holder.get("host")}, since {holder.get("started")}: ' \
+                      f'{holder.get("command")}' if holder else 'a run that is starting'
+                raise OutputError(f'{option} {folder} is in use by another run ({who}); wait for it to end or '
+                                  'choose another folder') from None
+            _logger.warning(f'{folder}: taking over the lock left by a run that is no longer running ({path})')
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, 'w') as f:
+            json.dump(mine, f)
+        break
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(path.read_text()).get('pid') == mine['pid']:
+                path.unlink()
 
 
 def processor_name() -> str:

@@ -1,4 +1,5 @@
-"""Top-k prediction for image files with a timm or KAN-ViT model, using the model's own data config."""
+"""Top-k prediction for image files with a timm or KAN-ViT model, using the model's own data config (for a model
+trained by ``timm-kan compare``: exactly the evaluation transform of its run)."""
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -9,7 +10,7 @@ import timm
 from timm.data import create_transform
 
 from .accounting import model_data_config
-from .hub import class_names, model_from_checkpoint, read_class_map
+from .hub import agreeing_class_names, class_names, model_from_checkpoint
 
 __all__ = ['load_for_inference', 'predict_images']
 
@@ -34,8 +35,7 @@ def load_for_inference(
         labels = net.pretrained_cfg.get('label_names')
         if labels:
             names = class_names(labels, f'{model} label_names')
-    if class_map:
-        names = read_class_map(class_map)
+    names = agreeing_class_names(names, class_map)
     if names is not None and len(names) != net.num_classes:
         raise ValueError(f'class map has {len(names)} names but the model head has {net.num_classes} classes')
     return net.eval(), names or [str(i) for i in range(net.num_classes)]
@@ -50,7 +50,7 @@ def predict_images(
 ) -> List[Union[List[Tuple[str, float]], str]]:
     """Top-k (class name, probability) per image; for an image that cannot be read, a message saying why
     (the other images are still predicted)."""
-    from PIL import Image
+    from .images import open_rgb
 
     transform = create_transform(**model_data_config(model))
     results: List[Union[List[Tuple[str, float]], str]] = []
@@ -60,10 +60,9 @@ def predict_images(
             results.append(f'image not found: {path}')
             continue
         try:
-            with Image.open(path) as im:
-                x = transform(im.convert('RGB')).unsqueeze(0)
-        except OSError as e:
-            results.append(f'cannot read image {path}: {e}')
+            x = transform(open_rgb(path)).unsqueeze(0)
+        except (OSError, ValueError) as e:  # unreadable, or a mode that has no faithful RGB form
+            results.append(str(e))
             continue
         probs = model(x.to(next(model.parameters()).device)).softmax(-1)[0]
         p, idx = probs.topk(min(top_k, probs.numel()))

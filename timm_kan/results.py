@@ -93,7 +93,7 @@ def write_results(results: List[Dict[str, Any]], out_dir: Path, meta: Dict[str, 
     epoch) and the plots; each file replaced atomically."""
     out_dir = Path(out_dir)
     write_json_atomic(out_dir / 'results.json', dict(meta, results=results))
-    tmp = out_dir / '.results.csv.tmp'
+    tmp = out_dir / f'.results.csv.{os.getpid()}.tmp'
     with tmp.open('w', newline='') as f:
         writer = csv.DictWriter(f, fieldnames=_CSV_FIELDS)
         writer.writeheader()
@@ -101,11 +101,12 @@ def write_results(results: List[Dict[str, Any]], out_dir: Path, meta: Dict[str, 
             for h in r['history']:
                 writer.writerow({k: h.get(k, r.get(k)) for k in _CSV_FIELDS})
     os.replace(tmp, out_dir / 'results.csv')
-    _plot(results, out_dir)
+    if results:  # a run whose first model failed has nothing to draw yet
+        _plot(results, out_dir)
 
 
 def _savefig(fig, path: Path) -> None:
-    tmp = path.with_name(f'.{path.stem}.tmp.png')
+    tmp = path.with_name(f'.{path.stem}.{os.getpid()}.tmp.png')
     fig.savefig(tmp, dpi=110)
     os.replace(tmp, path)
 

@@ -6,8 +6,10 @@
 number generators) is saved atomically, so an interrupted run continues exactly where it stopped.
 """
 import contextlib
+import math
 import os
 import random
+import tempfile
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -26,11 +28,15 @@ from timm.optim import create_optimizer_v2, param_groups_weight_decay
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, NativeScaler, accuracy, decay_batch_step, random_seed
 
-from .accounting import count_flops, count_parameters, hidden_widths, model_data_config
-from .data import split_class_map
+from .accounting import count_flops, count_parameters, eval_data_config, hidden_widths
+from .data import DataError, split_class_map
 from .layers import coefficient_parameters, design_name
 
-__all__ = ['RunContext', 'suggest_batch_size', 'train_model', 'checkpoint_path']
+__all__ = ['RunContext', 'suggest_batch_size', 'train_model', 'checkpoint_path', 'NonFiniteLoss']
+
+
+class NonFiniteLoss(RuntimeError):
+    """A model's training loss became NaN or inf: its run stops, its last good epoch's checkpoint is kept."""
 
 
 @dataclass
@@ -52,6 +58,7 @@ class RunContext:
     progress: Optional[bool] = None
     on_epoch: Callable[[Dict[str, Any]], None] = field(default=lambda result: None)
     on_trained: Callable[[str, nn.Module, Dict[str, Any]], None] = field(default=lambda name, model, result: None)
+    split_files: Optional[Dict[str, List[str]]] = None  # the split's files when the run began (data.split_listing)
 
 
 def suggest_batch_size(step: Callable[[int], None], batch_size: int) -> int:
@@ -122,11 +129,24 @@ def _model_args(name: str, create_kwargs: Dict[str, Any], model: nn.Module) -> D
     return args
 
 
+def _dataset(ctx: RunContext, split: str, is_training: bool = False):
+    """A split of the run as timm's dataset, images left in their own mode (``rgb_transform`` converts them)."""
+    dataset = create_dataset('', root=str(ctx.data_root), split=split, is_training=is_training,
+                             class_map=split_class_map(ctx.classes), input_img_mode=None)
+    if ctx.split_files is not None:
+        root = Path(ctx.data_root) / split
+        files = sorted(str(Path(path).relative_to(root)) for path, _ in dataset.reader.samples)
+        if files != ctx.split_files[split]:
+            raise DataError(f'{root} changed during the run ({len(ctx.split_files[split])} images when it began, '
+                            f'{len(files)} now): every model must see the same {split} images')
+    return dataset
+
+
 def _loaders(ctx: RunContext, data_config: Dict[str, Any]):
+    from .images import rgb_transform
+
     recipe = ctx.recipe
-    class_map = split_class_map(ctx.classes)
-    train_set = create_dataset('', root=str(ctx.data_root), split='train', is_training=True, class_map=class_map)
-    val_set = create_dataset('', root=str(ctx.data_root), split='val', class_map=class_map)
+    train_set, val_set = _dataset(ctx, 'train', is_training=True), _dataset(ctx, 'val')
     workers = ctx.workers if ctx.workers is not None else (4 if ctx.device.type == 'cuda' else 0)
     common = dict(
         input_size=data_config['input_size'], interpolation=data_config['interpolation'], mean=data_config['mean'],
@@ -134,8 +154,10 @@ def _loaders(ctx: RunContext, data_config: Dict[str, Any]):
         pin_memory=ctx.device.type == 'cuda', persistent_workers=workers > 0)
     train = create_loader(train_set, batch_size=recipe['batch_size'], is_training=True, scale=recipe['scale'],
                           ratio=recipe['ratio'], hflip=recipe['hflip'], color_jitter=0.0, **common)
-    val = create_loader(val_set, batch_size=recipe['batch_size'], is_training=False, crop_pct=recipe['crop_pct'],
-                        **common)
+    val = create_loader(val_set, batch_size=recipe['batch_size'], is_training=False,
+                        crop_pct=data_config['crop_pct'], crop_mode=data_config['crop_mode'], **common)
+    for loader in (train, val):  # create_loader sets the transform: meaningful RGB conversion goes first
+        loader.dataset.transform = rgb_transform(loader.dataset.transform)
     return train, val
 
 
@@ -177,8 +199,9 @@ def _start(name: str, create_kwargs: Dict[str, Any], ctx: RunContext) -> _Run:
     random_seed(ctx.seed, ctx.rank)
     model = timm.create_model(name, **create_kwargs)
     params = count_parameters(model)
-    input_size = model_data_config(model)['input_size']
-    summary = dict(
+    data_config = eval_data_config(model, ctx.recipe['crop_pct'])
+    input_size = data_config['input_size']
+    summary = dict(data_config=data_config,
         model=name, design=design_name(name), params=params['total'], trainable_params=params['trainable'],
         params_by_part={k: params[k] for k in ('attention', 'ffn', 'other')},
         gflops=count_flops(model, input_size) / 1e9, input_size=list(input_size), seed=ctx.seed,
@@ -213,6 +236,7 @@ def _save(run: _Run, ctx: RunContext) -> None:
     np_state = np.random.get_state()
     state = dict(
         state_dict=run.model.state_dict(), arch=run.name, model_args=run.summary['model_args'],
+        data_config=run.summary['data_config'],
         class_map={str(i): c for i, c in enumerate(ctx.classes)}, epoch=len(run.history),
         train_state=dict(
             optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(), history=run.history,
@@ -221,16 +245,26 @@ def _save(run: _Run, ctx: RunContext) -> None:
             scaler=run.scaler.state_dict() if run.scaler is not None else None))
     if run.ema is not None:
         state['state_dict_ema'] = run.ema.module.state_dict()
-    tmp = path.with_name(path.name + '.tmp')
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')  # unique: never shared
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(state, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _restore(run: _Run, path: Path) -> None:
     """Continue ``run`` from the state ``_save`` wrote after its last finished epoch."""
-    state = torch.load(path, map_location='cpu', weights_only=True)
-    train_state = state['train_state']
-    run.model.load_state_dict(state['state_dict'])
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+        train_state = state['train_state']
+        run.model.load_state_dict(state['state_dict'])
+    except Exception as e:  # a file of another kind or model: one line, the run left as it is
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise RuntimeError(f'--resume: {path} is not a checkpoint timm-kan compare wrote for {run.name} ({reason}); '
+                           'use --overwrite or another --output') from None
     if run.ema is not None:
         run.ema.module.load_state_dict(state['state_dict_ema'])
     run.optimizer.load_state_dict(train_state['optimizer'])
@@ -253,13 +287,16 @@ def _train_epoch(run: _Run, loader, loss_fn, ctx: RunContext, epoch: int) -> Dic
     start = time.perf_counter()
     hide_bar = True if ctx.rank != 0 else (None if ctx.progress is None else not ctx.progress)
     bar = tqdm(loader, desc=f'{run.name} epoch {epoch + 1}/{run.epochs}', leave=False, disable=hide_bar)
-    for x, y in bar:
+    for step, (x, y) in enumerate(bar):
         x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
         try:
-            loss = _train_step(run, loss_fn, x, y)
+            loss = _train_step(run, loss_fn, x, y, ctx)
+        except NonFiniteLoss as e:
+            raise NonFiniteLoss(f'{run.name} (seed {ctx.seed}): training loss is {e} at epoch {epoch + 1}, step '
+                                f'{step + 1}; this model stopped, its checkpoint of epoch {epoch} is kept') from None
         except torch.cuda.OutOfMemoryError as e:
             run.optimizer.zero_grad(set_to_none=True)
-            fits = suggest_batch_size(lambda b: _train_step(run, loss_fn, x[:b], y[:b]), x.shape[0])
+            fits = suggest_batch_size(lambda b: _train_step(run, loss_fn, x[:b], y[:b], ctx), x.shape[0])
             raise RuntimeError(
                 f'{run.name}: out of GPU memory at batch size {x.shape[0]}; '
                 + (f'batch size {fits} fits: pass --batch-size {fits}' if fits else 'even batch size 1 fails')) from e
@@ -273,9 +310,14 @@ def _train_epoch(run: _Run, loader, loss_fn, ctx: RunContext, epoch: int) -> Dic
     return dict(train_loss=loss_sum / max(count, 1), seconds=seconds, count=count)
 
 
-def _train_step(run: _Run, loss_fn, x: torch.Tensor, y: torch.Tensor) -> float:
+def _train_step(run: _Run, loss_fn, x: torch.Tensor, y: torch.Tensor, ctx: RunContext) -> float:
     with run.autocast():
         loss = loss_fn(run.train_model(x), y)
+    value = loss.detach().float()
+    if ctx.distributed:  # every process stops at the same step
+        dist.all_reduce(value)
+    if not math.isfinite(value.item()):
+        raise NonFiniteLoss(value.item())  # before backward: the weights stay those of the last good step
     run.optimizer.zero_grad(set_to_none=True)
     if run.scaler is not None:
         run.scaler(loss, run.optimizer, parameters=run.model.parameters())
@@ -323,7 +365,7 @@ def train_model(name: str, create_kwargs: Dict[str, Any], ctx: RunContext, resum
     ``ctx.on_trained`` the trained model (EMA weights when kept) and its result.
     """
     run = _start(name, create_kwargs, ctx)
-    data_config = dict(model_data_config(run.model), input_size=tuple(run.summary['input_size']))
+    data_config = run.summary['data_config']
     train_loader, val_loader = _loaders(ctx, data_config)
     path = checkpoint_path(ctx.out_dir, name, ctx.run_tag)
     if resume and path.is_file():

@@ -96,9 +96,10 @@ def load_images(root: Path, classes: List[str], model: nn.Module, count: int = 2
 
     from ..accounting import model_data_config
     from ..data import split_class_map
+    from ..images import rgb_transform
 
-    dataset = create_dataset('', root=str(root), split=split, class_map=split_class_map(classes),
-                             transform=create_transform(**model_data_config(model)))
+    dataset = create_dataset('', root=str(root), split=split, class_map=split_class_map(classes), input_img_mode=None,
+                             transform=rgb_transform(create_transform(**model_data_config(model))))
     if len(dataset) == 0:
         raise ValueError(f'{root}: the {split} split holds no images')
     pick = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count].sort().values

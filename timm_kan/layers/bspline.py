@@ -116,8 +116,9 @@ class _UniformBSplineBasis(torch.autograd.Function):
         saved = []
         for r in range(order + 1):
             j = m + (r - order)
-            dropped = (j < 0) | (j >= num_bases)
-            idx = j.clamp_(0, num_bases - 1).long().unsqueeze(-1)
+            dropped = (j < 0) | (j >= num_bases)  # False for NaN: its NaN values are kept, so NaN propagates
+            # clamp passes NaN through, and NaN.long() is INT64_MIN: map it to a valid index (identity elsewhere)
+            idx = j.clamp_(0, num_bases - 1).nan_to_num_(0.0).long().unsqueeze(-1)
             bases.scatter_add_(-1, idx, values[r].masked_fill_(dropped, 0.0).unsqueeze(-1))
             d = (lower[r - 1] if r > 0 else 0) - (lower[r] if r < order else 0)
             saved += [idx, (d * inv_step).masked_fill_(dropped, 0.0)]
