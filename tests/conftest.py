@@ -32,6 +32,17 @@ def make_vit(num_classes: int = 7, seed: int = 0, **kwargs) -> torch.nn.Module:
     return vit
 
 
+def image_folder(root: Path, classes=('cat', 'dog'), count=6, size=20, seed=0) -> Path:
+    """One folder per class of ``count`` noisy RGB images, each class a little brighter than the one before."""
+    rng = np.random.RandomState(seed)
+    for k, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            img = np.clip(rng.randint(0, 255, size=(size, size, 3)) * 0.3 + 60 * k, 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(root / name / f'{i:02d}.png')
+    return root
+
+
 def vit_to_npz_arrays(state: Dict[str, torch.Tensor], depth: int, pre_logits: bool = False) -> Dict[str, np.ndarray]:
     """Google's original ViT .npz key names and layouts (Flax kernels are (in, out), heads split)."""
     def n(t):

@@ -17,20 +17,11 @@ import timm
 import torch
 from PIL import Image
 
+from conftest import image_folder as _folder
 from timm_kan.cli import main as cli_main
 from timm_kan.data import DataError, prepare_data
 
 TINY = ['--model-kwargs', 'img_size=16', 'patch_size=8', 'embed_dim=32', 'depth=1', 'num_heads=2']
-
-
-def _folder(root: Path, classes=('cat', 'dog'), count=6, size=20, seed=0) -> Path:
-    rng = np.random.RandomState(seed)
-    for k, name in enumerate(classes):
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(count):
-            img = np.clip(rng.randint(0, 255, size=(size, size, 3)) * 0.3 + 60 * k, 0, 255).astype(np.uint8)
-            Image.fromarray(img).save(root / name / f'{i:02d}.png')
-    return root
 
 
 def _compare(data, out, *extra):
@@ -47,11 +38,13 @@ def _tiny_checkpoint(path: Path) -> Path:
 
 
 def _one_error_line(capsys, *words):
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith('error: ') and 'Traceback' not in err[0], err
+    """Exactly one error line on stderr (progress lines of epochs trained before it aside), no traceback."""
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith('error:')]
+    assert len(errors) == 1 and 'Traceback' not in err, err
     for w in words:
-        assert w in err[0], err[0]
-    return err[0]
+        assert w in errors[0], errors[0]
+    return errors[0]
 
 
 # ---- 1. no command deletes or overwrites what it did not create ----

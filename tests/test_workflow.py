@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from timm_kan.cli import main as cli_main
-from timm_kan.compare import TABLE_COLUMNS, suggest_batch_size
+from timm_kan.results import TABLE_COLUMNS
+from timm_kan.trainer import suggest_batch_size
 from timm_kan.data import prepare_data
 
 TINY = ['--model-kwargs', 'img_size=16', 'patch_size=8', 'embed_dim=32', 'depth=1', 'num_heads=2']

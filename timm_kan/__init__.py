@@ -4,9 +4,8 @@
 (RBF) and ``grkan_vit_*`` (group-rational, KAT) models with timm, so ``timm.create_model``,
 ``timm.list_models`` and timm's ``train.py`` (``--device-modules timm_kan``) find them.
 """
+from ._version import __version__
 from .accounting import count_flops, count_parameters, model_summary
 from .hub import export_for_hub, push_to_hub
 from .layers import KAN_FAMILIES, BSplineKANLinear, ChebyshevKANLinear, GRKANMlp, KANMlp, RBFKANLinear
 from .models import CheckpointError, KANVisionTransformer, apply_freeze_policy
-
-__version__ = '0.1.0'

@@ -18,6 +18,7 @@ import json
 import os
 import sys
 import warnings
+from functools import partial
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -68,22 +69,21 @@ def import_ikan() -> Tuple[Optional[Any], str]:
 
 def _ffn_variants(dim: int, hidden: int, degree: int, fused_ok: bool) -> Dict[str, Callable[[], nn.Module]]:
     from timm.layers import Mlp
-    from .layers import GRKANMlp, KANMlp
+    from .layers import KAN_FAMILIES
 
     variants: Dict[str, Callable[[], nn.Module]] = {
         'mlp': lambda: Mlp(dim, hidden),
         'chebyshev published (acos+einsum)': lambda: nn.Sequential(
             PublishedChebyshevKAN(dim, hidden, degree), nn.LayerNorm(hidden),
             PublishedChebyshevKAN(hidden, dim, degree)),
-        'chebyshev reference': lambda: KANMlp(dim, hidden, kan_type='chebyshev', degree=degree, kan_fused=False),
-        'bspline reference': lambda: KANMlp(dim, hidden, kan_type='bspline', kan_fused=False),
-        'rbf reference': lambda: KANMlp(dim, hidden, kan_type='rbf'),
-        'group-rational reference': lambda: GRKANMlp(dim, hidden, kan_fused=False),
     }
-    if fused_ok:
-        variants['chebyshev fused'] = lambda: KANMlp(dim, hidden, kan_type='chebyshev', degree=degree, kan_fused=True)
-        variants['bspline fused'] = lambda: KANMlp(dim, hidden, kan_type='bspline', kan_fused=True)
-        variants['group-rational fused'] = lambda: GRKANMlp(dim, hidden, kan_fused=True)
+    for family in KAN_FAMILIES.values():  # each family's block, by its table entry (--degree where it has one)
+        options = {'degree': degree} if 'degree' in family.layer_options else {}
+        for fused in (False, True) if family.has_kernel else (False,):
+            if fused and not fused_ok:
+                continue
+            kernel = {'kan_fused': fused} if family.has_kernel else {}
+            variants[family.bench_variant(fused)] = partial(family.block, dim, hidden, **options, **kernel)
     ikan, _ = import_ikan()
     if ikan is not None:
         # the peer's layers in the same two-layer block (LayerNorm between), with their own defaults
@@ -152,9 +152,15 @@ def bench_ffn(
     unknown = sorted(set(only or ()) - set(variants))
     if unknown:
         raise ValueError(f'unknown FFN variants {unknown}; available here: {sorted(variants)}')
+    import time
+
+    from .io import progress_line
+
+    chosen = [name for name in variants if not only or name in only or name == 'mlp']
+    started = time.perf_counter()
     rows = []
     for name, make in variants.items():
-        if only and name not in only and name != 'mlp':
+        if name not in chosen:
             continue
         row: Dict[str, Any] = dict(variant=name, forward_ms=None, fwd_bwd_ms=None, peak_extra_mib=None, note='')
         x = torch.randn(tokens, dim, device=dev, requires_grad=True)
@@ -165,6 +171,9 @@ def bench_ffn(
         x = None
         _release(dev)
         rows.append(row)
+        progress_line(f'bench ffn {len(rows)}/{len(chosen)} {name}: ' + (
+            row['note'] if row['note'] else
+            f"forward {row['forward_ms']:.3f} ms, forward+backward {row['fwd_bwd_ms']:.3f} ms"), start=started)
     mlp = rows[0]
     mlp_flops = mlp.get('gemm_flops')
     for r in rows:
@@ -266,8 +275,13 @@ def _self_check_table(device: Optional[str]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    import time
+
     import timm
 
+    from .io import progress_line
+
+    started = time.perf_counter()
     args = _parser().parse_args(argv)
     cuda = torch.cuda.is_available()
     preset = SHAPES[args.shape] if args.shape else ((768, 3072, 12608) if cuda else (64, 256, 512))
@@ -294,10 +308,19 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                               args.warmup, args.reps, args.variants)
     common = dict(img_size=args.img_size, dtype=args.dtype, device=args.device, steps=args.steps,
                   warmup=min(args.warmup, 3), model_kwargs=args.model_kwargs)
-    if args.models:
+
+    def rate(v: Optional[float], unit: str = '') -> str:
+        return 'out of memory' if v is None else f'{v:.1f}{unit}'
+
+    if args.models:  # one line per table as it finishes: a whole-model table can take minutes
         result['training'] = bench_training(args.models, args.batch_size, **common)
+        progress_line('bench training: ' + ', '.join(f"{r['model']} {rate(r['images_per_second'], ' images/s')}"
+                                                      for r in result['training']), start=started)
     if args.path_models:
         result['paths'] = bench_paths(args.path_models, args.batch_size, **common)
+        progress_line('bench paths: ' + ', '.join(
+            f"{r['model']} fused {rate(r['fused_images_per_second'])} / reference "
+            f"{rate(r['reference_images_per_second'])}" for r in result['paths']) + ' images/s', start=started)
     print(format_report(result))
     if args.json:
         with open(args.json, 'w') as f:

@@ -87,7 +87,7 @@ def bench_training(
         rate = _training_rate(name, batch_size, img_size, amp_dtype, dev, steps, warmup, model_kwargs or {})
         rows.append(dict(model=name, batch_size=batch_size, images_per_second=rate,
                          note='' if rate else 'out of memory'))
-    from .layers import family_of_model
+    from .models import family_of_model
     base = next((r for r in rows if family_of_model(r['model']) is None and r['images_per_second']), None)
     for r in rows:
         r['vs_vit'] = r['images_per_second'] / base['images_per_second'] if base and r['images_per_second'] else None

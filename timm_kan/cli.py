@@ -36,7 +36,7 @@ def _one_line(message: object) -> str:
 def _cmd_info(args: argparse.Namespace) -> None:
     import timm
     from .accounting import model_summary
-    from .compare import resolve_model_name
+    from .models import resolve_model_name
 
     model = timm.create_model(resolve_model_name(args.model), device=args.device, **args.model_kwargs)
     summary = model_summary(model)
@@ -55,7 +55,7 @@ def _cmd_convert(args: argparse.Namespace) -> None:
     import timm
     from .hub import export_for_hub
     from .io import check_output_dir
-    from .layers import family_of_model
+    from .models import family_of_model
 
     if family_of_model(args.model) is None:
         raise ValueError(f'--model {args.model} is not a KAN-ViT: convert builds kan_vit_*, chebykan_vit_*, '
@@ -79,7 +79,8 @@ def _cmd_convert(args: argparse.Namespace) -> None:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import DEFAULT_MODELS, CompareConfig, format_table, run_compare
+    from .compare import DEFAULT_MODELS, CompareConfig, run_compare
+    from .results import format_table
     from .data import bundled_set
 
     cfg = CompareConfig(
@@ -325,7 +326,8 @@ def _add_split(sub) -> None:
 
 def _add_models(sub) -> None:
     p = sub.add_parser('models', help="markdown table of the registered models (README's table)")
-    p.add_argument('--update-readme', default=None, metavar='README', help='rewrite the tables in this file')
+    p.add_argument('--update-readme', default=None, metavar='README',
+                   help='rewrite the generated tables in this file and in the docs/*.md pages next to it')
     p.add_argument('--compare-results', default=None, help="results.json whose table goes into the README")
     p.add_argument('--bench-results', default=None, help='timm-kan bench --json output measured on a GPU')
     p.add_argument('--cpu-bench-results', default=None, help='timm-kan bench --json output measured on a CPU')

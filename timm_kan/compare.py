@@ -11,7 +11,6 @@ is the same) or started again with ``--overwrite``; anything else is an error, n
 """
 import contextlib
 import datetime
-import difflib
 import json
 import logging
 import math
@@ -29,14 +28,14 @@ from timm.utils.distributed import init_distributed_device_so
 from .data import (
     bundled_set, check_val_ratio, data_inputs, data_manifest, manifest_changes, prepare_data, split_listing)
 from .io import check_output_dir, mark_output_dir, output_lock, processor_name
-from .layers import KAN_FAMILIES, family_of_model
+from .layers import KAN_FAMILIES
+from .models import family_of_model, resolve_model_name
 from .models.kan_vit import ADAPTER_KWARGS
 from .param_match import count_params, match_hidden
-from .results import TABLE_COLUMNS, format_table, write_results
-from .trainer import NonFiniteLoss, RunContext, checkpoint_path, suggest_batch_size, train_model
+from .results import write_results
+from .trainer import NonFiniteLoss, RunContext, checkpoint_path, train_model
 
-__all__ = ['CompareConfig', 'RECIPES', 'run_compare', 'resolve_model_name', 'suggest_batch_size', 'format_table',
-           'TABLE_COLUMNS', 'kwargs_per_model']
+__all__ = ['CompareConfig', 'RECIPES', 'DEFAULT_MODELS', 'run_compare', 'kwargs_per_model']
 
 _logger = logging.getLogger(__name__)
 
@@ -56,7 +55,7 @@ BUNDLED_MODEL_KWARGS = {
     'digits': dict(img_size=16, patch_size=4, embed_dim=96, depth=4, num_heads=3),
     'fashion-mnist': dict(img_size=28, patch_size=7, embed_dim=96, depth=4, num_heads=3),
 }
-# epochs per bundled set, so that the ViT's validation accuracy has flattened by the last epoch (README, Results):
+# epochs per bundled set, so that the ViT's validation accuracy has flattened by the last epoch (docs/results.md):
 # mnist5k (4,000 training images) 30 epochs; Fashion-MNIST 25 epochs of its 10,000-image subset (--max-items;
 # at 15 epochs the ViT still gained 0.7 points over the last three);
 # digits has 1,437 training images: more, smaller steps (measured: 94% Chebyshev KAN-ViT, 97% ViT)
@@ -159,24 +158,16 @@ def _check_number(option: str, value: Any, above: Optional[float] = None, at_lea
         raise ValueError(f'{option} must be {bounds}, got {value!r}')
 
 
-def resolve_model_name(name: str) -> str:
-    """Check a model name against timm's registry; unknown names raise with the close matches."""
-    if name.startswith(('hf-hub:', 'local-dir:')) or timm.is_model(name):
-        return name
-    base = name.split('.')[0]
-    if timm.is_model(base):
-        return name
-    close = difflib.get_close_matches(base, timm.list_models(), n=5, cutoff=0.6)
-    hint = f' Close matches: {", ".join(close)}.' if close else ''
-    raise ValueError(f'unknown model {name!r} (did you import timm_kan?).{hint}')
-
-
 def kwargs_per_model(models: Sequence[str], model_kwargs: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
     """``model_kwargs`` for each model: ViT options to all, a KAN option only to the models whose family takes
     it (said in a warning). An option that no model takes is an error naming it and the models."""
     per_model = {}
     for name in models:
         family = family_of_model(name)
+        if family is None and model_kwargs.get('pos_embed') not in (None, 'learn', 'none'):
+            # timm's ViT would build a learned embedding for any other value without a word
+            raise ValueError(f'--model-kwargs pos_embed={model_kwargs["pos_embed"]}: {name} is not a KAN-ViT and '
+                             "takes only pos_embed='learn' or 'none'")
         takes = set(family.options) | set(ADAPTER_KWARGS) if family else set()
         per_model[name] = {k: v for k, v in model_kwargs.items() if k not in _KAN_OPTIONS or k in takes}
     for key in sorted(set(model_kwargs) & _KAN_OPTIONS):

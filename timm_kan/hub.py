@@ -155,7 +155,7 @@ def _save_weights_and_config(model: nn.Module, out_dir: Path, label_names: Optio
     """timm's ``save_for_hf`` with the resolved KAN options passed as ``model_args``; the load-time options
     (``kan_init``, ``freeze``, ``pretrained_strict``) that timm recorded from ``create_model`` are taken out of
     config.json: they said how the source checkpoint was adapted, not what the saved weights are."""
-    from . import __version__
+    from ._version import __version__
     from .models.kan_vit import ADAPTER_KWARGS
 
     architecture = model.architecture_args() if hasattr(model, 'architecture_args') else None
@@ -330,7 +330,7 @@ def load_training_checkpoint(
 
 def _check_architecture(model_name: str, arch: Optional[str], checkpoint: Union[str, Path]) -> None:
     """A KAN-ViT checkpoint cannot become a plain ViT: say so instead of failing on its KAN options."""
-    from .layers import family_of_model
+    from .models import family_of_model
 
     if arch and family_of_model(arch) is not None and family_of_model(model_name) is None \
             and not model_name.startswith(('hf-hub:', 'local-dir:')):

@@ -12,13 +12,13 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Sequence, Union
+from typing import IO, Any, Callable, Dict, Iterator, Optional, Sequence, Union
 
 import torch
 
-__all__ = ['markdown_table', 'write_json_atomic', 'write_class_map', 'atomic_dir', 'processor_name', 'DataError',
-           'OutputError', 'check_placement', 'check_output_dir', 'mark_output_dir', 'output_lock', 'OUTPUT_MARKER',
-           'EXPORT_MARKER_KEY', 'LOCK_FILE']
+__all__ = ['markdown_table', 'write_atomic', 'write_json_atomic', 'write_class_map', 'atomic_dir', 'processor_name',
+           'DataError', 'OutputError', 'check_placement', 'check_output_dir', 'mark_output_dir', 'output_lock',
+           'OUTPUT_MARKER', 'EXPORT_MARKER_KEY', 'LOCK_FILE', 'progress_line']
 
 _logger = logging.getLogger(__name__)
 
@@ -36,19 +36,25 @@ def _umask() -> int:
     return mask
 
 
-def write_json_atomic(path: Union[str, Path], data: Any) -> None:
-    """Write JSON through a temporary file in the same folder and a rename: readers never see half a file."""
+def write_atomic(path: Union[str, Path], write: Callable[[IO], None], binary: bool = False) -> None:
+    """``write(file)`` into a uniquely named temporary file beside ``path``, then a rename: readers never see half a
+    file, and two writers never share a temporary name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     try:
-        with os.fdopen(fd, 'w') as f:
-            json.dump(data, f, indent=2)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a results file is an ordinary file
+        with os.fdopen(fd, 'wb' if binary else 'w', **({} if binary else {'newline': ''})) as f:
+            write(f)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; the file it becomes is an ordinary one
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: Union[str, Path], data: Any) -> None:
+    """Write JSON atomically (:func:`write_atomic`)."""
+    write_atomic(path, lambda f: json.dump(data, f, indent=2))
 
 
 def write_class_map(folder: Union[str, Path], classes: Sequence[str]) -> Path:
@@ -233,3 +239,16 @@ def processor_name() -> str:
     except (OSError, StopIteration):
         pass
     return f'{model}, {torch.get_num_threads()} torch threads'
+
+
+def progress_line(text: str, start: Optional[float] = None) -> None:
+    """One plain progress line on stderr, flushed at once (stdout keeps the results users pipe): what a long
+    command prints per epoch or measured group, so that a run under nohup or in CI shows it is alive. With
+    ``start`` (a ``time.perf_counter()`` value) the line ends in ``(elapsed 41 s)`` / ``12 min 05 s`` /
+    ``2 h 03 min``."""
+    if start is not None:
+        s = max(0, round(time.perf_counter() - start))
+        shown = f'{s} s' if s < 60 else f'{s // 60} min {s % 60:02d} s' if s < 3600 else \
+            f'{s // 3600} h {s % 3600 // 60:02d} min'
+        text = f'{text} (elapsed {shown})'
+    print(text, file=sys.stderr, flush=True)

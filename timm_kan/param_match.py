@@ -9,7 +9,7 @@ from typing import Any, Dict, Optional
 import timm
 
 from .accounting import count_parameters
-from .layers import family_of_model
+from .models import family_of_model
 
 __all__ = ['count_params', 'match_hidden', 'TOLERANCE']
 
@@ -31,7 +31,7 @@ def match_hidden(name: str, kwargs: Dict[str, Any], budget: int) -> Optional[int
     family = family_of_model(name)
     if family is None:
         return None
-    step = kwargs.get('groups', 8) if family.kan_type == 'rational' else 1
+    step = family.width_multiple(kwargs)
     lo_h, hi_h = 8 * step, 16 * step
     lo, hi = count_params(name, dict(kwargs, kan_hidden=lo_h)), count_params(name, dict(kwargs, kan_hidden=hi_h))
     per_unit = (hi - lo) / (hi_h - lo_h)

@@ -11,6 +11,7 @@ from timm.data import create_transform
 
 from .accounting import model_data_config
 from .hub import agreeing_class_names, class_names, model_from_checkpoint
+from .models import resolve_model_name
 
 __all__ = ['load_for_inference', 'predict_images']
 
@@ -22,8 +23,6 @@ def load_for_inference(
         model_kwargs: Optional[Dict[str, Any]] = None,
 ) -> Tuple[nn.Module, List[str]]:
     """A model in eval mode and its class names (class map file > checkpoint > config label_names > indices)."""
-    from .compare import resolve_model_name
-
     model = resolve_model_name(model)
     names: Optional[List[str]] = None
     if checkpoint:

@@ -11,8 +11,9 @@ import string
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
-from .io import markdown_table, write_json_atomic
-from .layers import KANMlp, family_of_model
+from .io import markdown_table, write_atomic, write_json_atomic
+from .layers import KANMlp
+from .models import family_of_model
 
 __all__ = ['TABLE_COLUMNS', 'format_table', 'write_results', 'describe_trained', 'group_runs']
 
@@ -93,14 +94,15 @@ def write_results(results: List[Dict[str, Any]], out_dir: Path, meta: Dict[str, 
     epoch) and the plots; each file replaced atomically."""
     out_dir = Path(out_dir)
     write_json_atomic(out_dir / 'results.json', dict(meta, results=results))
-    tmp = out_dir / f'.results.csv.{os.getpid()}.tmp'
-    with tmp.open('w', newline='') as f:
+
+    def write_csv(f) -> None:
         writer = csv.DictWriter(f, fieldnames=_CSV_FIELDS)
         writer.writeheader()
         for r in results:
             for h in r['history']:
                 writer.writerow({k: h.get(k, r.get(k)) for k in _CSV_FIELDS})
-    os.replace(tmp, out_dir / 'results.csv')
+
+    write_atomic(out_dir / 'results.csv', write_csv)
     if results:  # a run whose first model failed has nothing to draw yet
         _plot(results, out_dir)
 

@@ -1,8 +1,10 @@
-"""Tables for README.md generated from the registry and the accounting function (never typed by hand)."""
+"""Tables for README.md and docs/*.md generated from the registry, the accounting function and measured runs
+(never typed by hand)."""
+import functools
 import json
 import re
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import timm
 
@@ -11,13 +13,10 @@ from .io import markdown_table
 from .layers import KAN_FAMILIES
 from .models import ARCHS
 
-__all__ = ['mission_table', 'performance_section', 'cpu_performance_section', 'registry_table', 'replace_block',
-           'results_section', 'update_readme']
+__all__ = ['block_files', 'mission_table', 'performance_section', 'cpu_performance_section', 'registry_table',
+           'replace_block', 'results_section', 'update_readme']
 
 _MLP_DESIGN = 'MLP (timm ViT)'
-# the bench's variant whose speed the mission table shows for each family
-_BENCH_VARIANT = {'chebyshev': 'chebyshev fused', 'bspline': 'bspline fused', 'rbf': 'rbf reference',
-                  'rational': 'group-rational fused'}
 
 
 def registry_table() -> str:
@@ -25,6 +24,12 @@ def registry_table() -> str:
 
     Models are built on the meta device (no memory, no weights); FLOPs come from FlopCounterMode.
     """
+    return _registry_table(tuple(KAN_FAMILIES), tuple(ARCHS))
+
+
+@functools.lru_cache(maxsize=4)
+def _registry_table(families: Tuple[str, ...], archs: Tuple[str, ...]) -> str:
+    """``registry_table`` for the families and sizes registered now (building 63 models takes half a minute)."""
     rows: List[List[str]] = []
     for arch, (_, alias, hub_id, _) in ARCHS.items():
         for family in (None, *KAN_FAMILIES.values()):
@@ -40,6 +45,18 @@ def registry_table() -> str:
         ('model', 'alias', 'FFN', 'params (M)', 'FFN params (M)', 'GFLOPs', 'pretrained tag'), rows)
 
 
+@functools.lru_cache(maxsize=4)
+def _size_ratios(arch: str, families: Tuple[str, ...]) -> List[Tuple[float, float]]:
+    """(parameters, FLOPs) of each family's model at ``arch`` relative to timm's ViT, built on the meta device."""
+    vit = timm.create_model(f'vit_{arch}', num_classes=1000, device='meta')
+    vit_params, vit_flops = count_parameters(vit)['total'], count_flops(vit)
+    ratios = []
+    for kan_type in families:
+        model = timm.create_model(f'{KAN_FAMILIES[kan_type].prefix}_{arch}', num_classes=1000, device='meta')
+        ratios.append((count_parameters(model)['total'] / vit_params, count_flops(model) / vit_flops))
+    return ratios
+
+
 def mission_table(arch: str = 'base_patch16_224', bench_results: Optional[Union[str, Path]] = None) -> str:
     """Each KAN family next to the MLP at one ViT size: parameters and FLOPs relative to the MLP, and its
     FFN speed relative to the MLP from a ``timm-kan bench --json`` file measured on a GPU (else not measured)."""
@@ -47,14 +64,11 @@ def mission_table(arch: str = 'base_patch16_224', bench_results: Optional[Union[
     if bench_results:
         rows = json.loads(Path(bench_results).read_text())['ffn']
         speed = {r['variant']: r['fwd_bwd_vs_mlp'] for r in rows}
-    vit = timm.create_model(f'vit_{arch}', num_classes=1000, device='meta')
-    vit_params, vit_flops = count_parameters(vit)['total'], count_flops(vit)
     rows = []
-    for family in KAN_FAMILIES.values():
-        model = timm.create_model(f'{family.prefix}_{arch}', num_classes=1000, device='meta')
-        ratio = speed.get(_BENCH_VARIANT[family.kan_type])
-        rows.append([f'`{family.prefix}_*`', family.describe(), f'{count_parameters(model)["total"] / vit_params:.2f}x',
-                     f'{count_flops(model) / vit_flops:.2f}x', f'{ratio:.2f}x' if ratio else 'not measured yet'])
+    for family, (params, flops) in zip(KAN_FAMILIES.values(), _size_ratios(arch, tuple(KAN_FAMILIES))):
+        ratio = speed.get(family.bench_variant(fused=True))  # the GPU row: the kernels where the family has them
+        rows.append([f'`{family.prefix}_*`', family.describe(), f'{params:.2f}x', f'{flops:.2f}x',
+                     f'{ratio:.2f}x' if ratio else 'not measured yet'])
     return markdown_table(
         ('family', 'FFN', 'params vs MLP', 'GFLOPs vs MLP', 'FFN fwd+bwd time vs MLP (GPU)'), rows)
 
@@ -96,6 +110,13 @@ def results_section(results_json: Union[str, Path]) -> str:
             + format_table(run['results']))
 
 
+def block_files(readme: Union[str, Path]) -> List[Path]:
+    """The files whose generated blocks :func:`update_readme` rewrites: README.md and the ``docs/*.md`` pages
+    next to it."""
+    readme = Path(readme)
+    return [readme, *sorted((readme.parent / 'docs').glob('*.md'))]
+
+
 def update_readme(
         readme: Union[str, Path],
         compare_results: Optional[Union[str, Path]] = None,
@@ -103,20 +124,35 @@ def update_readme(
         cpu_bench_results: Optional[Union[str, Path]] = None,
         results: Optional[Dict[str, Union[str, Path]]] = None,
 ) -> None:
-    """Regenerate README.md's model and family tables and its performance sections (GPU figures from a
-    ``timm-kan bench --json`` file, CPU figures from another), and its comparison table from a
-    ``timm-kan compare`` ``results.json``."""
-    from .compare import format_table
+    """Regenerate the model and family tables and the performance sections (GPU figures from a
+    ``timm-kan bench --json`` file, CPU figures from another), the Results tables and the comparison table
+    from ``timm-kan compare`` ``results.json`` files.
 
-    readme = Path(readme)
-    text = replace_block(readme.read_text(), 'models-table', registry_table())
-    text = replace_block(text, 'mission-table', mission_table(bench_results=bench_results))
-    text = replace_block(text, 'performance', performance_section(bench_results))
+    Each block ``<!-- NAME:start -->`` ... ``<!-- NAME:end -->`` is rewritten wherever it stands: in ``readme``
+    or in the ``docs/*.md`` pages next to it (every file holding it). A block that none of them holds is an
+    error, and then nothing is written.
+    """
+    from .results import format_table
+
+    blocks = [('models-table', registry_table()), ('mission-table', mission_table(bench_results=bench_results)),
+              ('performance', performance_section(bench_results))]
     if cpu_bench_results:
-        text = replace_block(text, 'cpu-performance', cpu_performance_section(cpu_bench_results))
-    for name, path in (results or {}).items():  # README's Results tables: block results-NAME
-        text = replace_block(text, f'results-{name}', results_section(path))
+        blocks.append(('cpu-performance', cpu_performance_section(cpu_bench_results)))
+    for name, path in (results or {}).items():  # the Results tables: block results-NAME
+        blocks.append((f'results-{name}', results_section(path)))
     if compare_results:
-        results = json.loads(Path(compare_results).read_text())['results']
-        text = replace_block(text, 'compare-table', format_table(results))
-    readme.write_text(text)
+        blocks.append(('compare-table', format_table(json.loads(Path(compare_results).read_text())['results'])))
+
+    files = block_files(readme)
+    before = {path: path.read_text(encoding='utf-8') for path in files}
+    after = dict(before)
+    for name, content in blocks:
+        holders = [path for path, text in after.items() if f'<!-- {name}:start -->' in text]
+        if not holders:
+            raise ValueError(f'no <!-- {name}:start --> ... <!-- {name}:end --> block found in {files[0]} or '
+                             f'{files[0].parent / "docs"}/*.md')
+        for path in holders:
+            after[path] = replace_block(after[path], name, content)
+    for path in files:
+        if after[path] != before[path]:
+            path.write_text(after[path], encoding='utf-8')

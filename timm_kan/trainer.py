@@ -7,9 +7,7 @@ number generators) is saved atomically, so an interrupted run continues exactly 
 """
 import contextlib
 import math
-import os
 import random
-import tempfile
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -30,7 +28,9 @@ from timm.utils import ModelEmaV3, NativeScaler, accuracy, decay_batch_step, ran
 
 from .accounting import count_flops, count_parameters, eval_data_config, hidden_widths
 from .data import DataError, split_class_map
-from .layers import coefficient_parameters, design_name
+from .io import progress_line, write_atomic
+from .layers import coefficient_parameters
+from .models import design_name
 
 __all__ = ['RunContext', 'suggest_batch_size', 'train_model', 'checkpoint_path', 'NonFiniteLoss']
 
@@ -55,7 +55,7 @@ class RunContext:
     amp: bool = True
     amp_dtype: str = 'float16'
     model_ema_decay: Optional[float] = None
-    progress: Optional[bool] = None
+    progress: Optional[bool] = None  # tqdm bar: None on a TTY only, False never; epoch lines print regardless
     on_epoch: Callable[[Dict[str, Any]], None] = field(default=lambda result: None)
     on_trained: Callable[[str, nn.Module, Dict[str, Any]], None] = field(default=lambda name, model, result: None)
     split_files: Optional[Dict[str, List[str]]] = None  # the split's files when the run began (data.split_listing)
@@ -245,14 +245,7 @@ def _save(run: _Run, ctx: RunContext) -> None:
             scaler=run.scaler.state_dict() if run.scaler is not None else None))
     if run.ema is not None:
         state['state_dict_ema'] = run.ema.module.state_dict()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')  # unique: never shared
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(state, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda f: torch.save(state, f), binary=True)
 
 
 def _restore(run: _Run, path: Path) -> None:
@@ -364,6 +357,7 @@ def train_model(name: str, create_kwargs: Dict[str, Any], ctx: RunContext, resum
     ``ctx.on_epoch`` receives the model's result so far after every epoch (for atomic results files),
     ``ctx.on_trained`` the trained model (EMA weights when kept) and its result.
     """
+    started = time.perf_counter()
     run = _start(name, create_kwargs, ctx)
     data_config = run.summary['data_config']
     train_loader, val_loader = _loaders(ctx, data_config)
@@ -387,6 +381,11 @@ def train_model(name: str, create_kwargs: Dict[str, Any], ctx: RunContext, resum
             top5=val['top5'], epoch_seconds=stats['seconds'], images_per_second=stats['count'] / stats['seconds'],
             lr=run.optimizer.param_groups[0]['lr']))
         _save(run, ctx)
+        if ctx.rank == 0:  # one line per epoch on stderr, also when the bar is hidden (a log file, --no-progress)
+            last = run.history[-1]
+            progress_line(f"{name} seed {ctx.seed} epoch {epoch + 1}/{run.epochs}: "
+                          f"train loss {last['train_loss']:.3f}, val loss {last['val_loss']:.3f}, "
+                          f"top-1 {last['top1']:.2f}, {stats['seconds']:.1f} s", start=started)
         ctx.on_epoch(_result(run, memory.peak_mib()))
     result = _result(run, memory.peak_mib())
     ctx.on_trained(name, run.ema.module if run.ema is not None else run.model, result)

@@ -14,9 +14,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from ..layers.bspline import BSplineKANLinear
 from ..layers.rational import RATIONAL_INITS, GroupRational
-from ..layers.rbf import RBFKANLinear
 from .records import BlockRecord, LayerRecord
 from .symbolic import fit_symbolic
 
@@ -94,7 +92,7 @@ def edge_curve(layer: LayerRecord, out: int, inp: int, points: int = 101):
     sweep = torch.zeros(points, layer.module.in_features)
     sweep[:, inp] = u
     device = next(layer.module.parameters()).device
-    phi = layer.module.edge_functions(sweep.to(device), base=not isinstance(layer.module, RBFKANLinear))
+    phi = layer.module.edge_functions(sweep.to(device), base=not layer.module.base_on_raw_input)
     return u, phi[:, out, inp].cpu()
 
 
@@ -117,8 +115,7 @@ def plot_top_edges(layer: LayerRecord, path: Path, k: int = 12, title: str = '')
         ax.patch.set_visible(False)
         ax.plot(u, phi, lw=2, label='learned')
         ax.plot(u, fit(u.double()).float(), 'k--', lw=1, label='fit')
-        knots = (module.grid[edge['in']].cpu() if isinstance(module, BSplineKANLinear) else
-                 torch.tensor(module.center_values) if isinstance(module, RBFKANLinear) else torch.empty(0))
+        knots = module.knots(edge['in'])
         for t in knots[(knots >= u[0]) & (knots <= u[-1])]:
             ax.axvline(t.item(), color='tab:red', lw=0.5, alpha=0.6)
         outside = '' if layer.outside_grid is None else f', {100 * layer.outside_grid[edge["in"]]:.0f}% off grid'

@@ -17,6 +17,7 @@ from torch import nn
 import timm
 from timm.models import get_model_args
 
+from ..layers import family_of_type
 from ..models import KANVisionTransformer
 from ..models.kan_vit import ADAPTER_KWARGS
 from .records import BlockRecord, record_blocks
@@ -76,7 +77,7 @@ def prune(model: nn.Module, images: Optional[torch.Tensor] = None, keep: Optiona
         if images is None:
             raise ValueError('prune needs images to measure the units on (or records from record_blocks)')
         records = record_blocks(model, images)
-    groups = model.kan_args.get('groups', 1) if model.kan_args['kan_type'] == 'rational' else 1
+    groups = family_of_type(model.kan_args['kan_type']).width_multiple(model.kan_args)
     kept = [units_to_keep(r, keep, threshold, groups) for r in records]
     args = {k: v for k, v in get_model_args(model).items() if k not in ADAPTER_KWARGS}
     args.update(model.architecture_args(), kan_hidden=[len(k) for k in kept])

@@ -15,10 +15,7 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
-from ..layers import GRKANMlp, KANMlp
 from ..layers.base import KANLinearBase
-from ..layers.bspline import BSplineKANLinear
-from ..layers.rbf import RBFKANLinear
 
 __all__ = ['LayerRecord', 'BlockRecord', 'record_blocks', 'edge_importance']
 
@@ -59,11 +56,10 @@ class BlockRecord:
 
 
 def _maps(mlp: nn.Module):
-    """(kind, the two maps, the activations) of a block's feed-forward module."""
-    if isinstance(mlp, KANMlp):
-        return 'kan', (mlp.kan1, mlp.kan2), {}
-    if isinstance(mlp, GRKANMlp):
-        return 'rational', (mlp.fc1, mlp.fc2), {'act1': mlp.act1, 'act2': mlp.act2}
+    """(kind, the two maps, the activations) of a block's feed-forward module: a family's block says (its
+    ``explain_parts``), timm's MLP is fc1 and fc2."""
+    if hasattr(mlp, 'explain_parts'):
+        return mlp.explain_parts()
     if hasattr(mlp, 'fc1') and hasattr(mlp, 'fc2'):
         return 'mlp', (mlp.fc1, mlp.fc2), {}
     raise ValueError(f'{type(mlp).__name__} is not a KAN, group-rational or MLP feed-forward block')
@@ -102,21 +98,18 @@ def edge_importance(layer: nn.Module, inputs: torch.Tensor, raw_inputs: Optional
     chunk = max(1, 2 ** 24 // (layer.out_features * layer.in_features))  # rows per step: bounded memory
     for start in range(0, inputs.shape[0], chunk):
         u = inputs[start:start + chunk].to(device)
-        phi = layer.edge_functions(u, base=not isinstance(layer, RBFKANLinear))
-        if isinstance(layer, RBFKANLinear) and layer.base is not None:
+        phi = layer.edge_functions(u, base=not layer.base_on_raw_input)
+        if layer.base_on_raw_input and layer.base is not None:
             phi += layer.base_terms(raw_inputs[start:start + chunk].to(device))
         total += phi.abs().sum(0).cpu()
     return total / inputs.shape[0]
 
 
 def _outside(layer: nn.Module, inputs: torch.Tensor) -> Optional[torch.Tensor]:
-    if isinstance(layer, BSplineKANLinear):
-        k = layer.spline_order
-        lo, hi = layer.grid[:, k].cpu(), layer.grid[:, -k - 1].cpu()
-    elif isinstance(layer, RBFKANLinear):
-        lo, hi = layer.center_values[0], layer.center_values[-1]
-    else:
+    bounds = layer.basis_range() if isinstance(layer, KANLinearBase) else None
+    if bounds is None:
         return None
+    lo, hi = bounds
     return ((inputs < lo) | (inputs > hi)).float().mean(0)
 
 

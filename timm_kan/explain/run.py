@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..io import markdown_table, write_json_atomic
-from ..layers import design_name
+from ..models import design_name
 from ..layers.base import KANLinearBase
 from .records import BlockRecord, record_blocks
 from .plots import plot_overview, plot_rational_groups, plot_top_edges
@@ -121,17 +121,29 @@ def top1(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_siz
 
 def finetune(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epochs: int, lr: float = 5e-4,
              batch_size: int = 64, seed: int = 0) -> nn.Module:
-    """A short AdamW fine-tune (no augmentation) of ``model`` in place; returns it."""
+    """A short AdamW fine-tune (no augmentation) of ``model`` in place; returns it. After each epoch one line on
+    stderr: ``fine-tune epoch 2/5: train loss 0.412, 3.1 s (elapsed 6 s)`` (the epoch's mean loss per image)."""
+    import time
+
+    from ..io import progress_line
+
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     device = next(model.parameters()).device
     model.train()
-    for _ in range(epochs):
+    started = time.perf_counter()
+    for epoch in range(epochs):
+        epoch_start = time.perf_counter()
         order = torch.randperm(len(images), generator=generator)
+        loss_sum = torch.zeros((), device=device)
         for i in range(0, len(images), batch_size):
             idx = order[i:i + batch_size]
             loss = nn.functional.cross_entropy(model(images[idx].to(device)), labels[idx].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            loss_sum += loss.detach().float() * len(idx)  # no host sync per step
+        mean_loss = loss_sum.item() / max(len(images), 1)
+        progress_line(f'fine-tune epoch {epoch + 1}/{epochs}: train loss {mean_loss:.3f}, '
+                      f'{time.perf_counter() - epoch_start:.1f} s', start=started)
     return model.eval()

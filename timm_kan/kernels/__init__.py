@@ -182,11 +182,10 @@ def check_kernel(kernel: str, device: torch.device, dtype: torch.dtype) -> Check
 
 
 def self_test(device: Optional[str] = None, dtypes: Optional[Sequence[torch.dtype]] = None) -> List[CheckResult]:
-    """Every kernel x dtype once against the reference (the CUDA device if there is one); a row per case with
+    """Every registered kernel x dtype once against the reference (the CUDA device if there is one; the layers
+    register their cases when ``timm_kan`` is imported, so kernels never import layers); a row per case with
     the reason a case is not run (gating) or fails. ``dtypes`` defaults to ``FUSED_DTYPES`` on CUDA and to
     float32 on CPU, where Triton's interpreter emulates half precision too slowly to be worth it."""
-    from .. import layers  # noqa: F401  the layers register their check cases
-
     dev = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     dtypes = dtypes or (FUSED_DTYPES if dev.type == 'cuda' else (torch.float32,))
     rows = []

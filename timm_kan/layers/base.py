@@ -93,6 +93,8 @@ class KANLinearBase(nn.Module):
     ``coefficient_names`` names the parameters of the basis expansion (see ``coefficient_parameters``).
     """
     coefficient_names: Tuple[str, ...] = ()
+    # the base branch reads the layer's raw input, not the edge input (RBF: its edge inputs are LayerNorm'd)
+    base_on_raw_input = False
 
     def __init__(
             self,
@@ -177,6 +179,15 @@ class KANLinearBase(nn.Module):
         if self.bias is not None:
             phi += self.bias.to(dt)[None, :, None] / self.in_features
         return phi
+
+    def knots(self, i: int) -> torch.Tensor:
+        """Where input i's basis changes piece or centre (B-spline knots, RBF centres); none for a global basis."""
+        return torch.empty(0)
+
+    def basis_range(self) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """(lo, hi) per input (or for all) of the interval the basis covers (outside, only the base branch acts);
+        None for a basis that covers every input."""
+        return None
 
     def base_terms(self, x: torch.Tensor) -> torch.Tensor:
         """The base branch's w_oi act(x_i) per edge, (n, out, in)."""

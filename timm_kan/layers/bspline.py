@@ -29,7 +29,7 @@ from torch.nn import functional as F
 from ..kernels import register_check_case, use_fused
 from .base import KANLinearBase, check_positive, check_range, fused_check_case
 
-__all__ = ['BSplineKANLinear', 'b_spline_basis', 'cox_de_boor_basis', 'uniform_knots', 'grid_is_uniform']
+__all__ = ['BSplineKANLinear', 'b_spline_basis', 'uniform_knots', 'grid_is_uniform']
 
 
 def uniform_knots(
@@ -164,12 +164,6 @@ def b_spline_basis(x: torch.Tensor, grid: torch.Tensor, spline_order: int,
     return _UniformBSplineBasis.apply(x, grid[:, spline_order], step, grid_size, spline_order)
 
 
-def cox_de_boor_basis(x: torch.Tensor, grid: torch.Tensor, spline_order: int) -> torch.Tensor:
-    """``b_spline_basis`` by the full Cox-de Boor recursion on any grid (the uniform path's reference)."""
-    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    return _BSplineBasis.apply(x.to(dtype), grid.to(dtype), spline_order)
-
-
 class BSplineKANLinear(KANLinearBase):
     """KAN layer with B-spline edge functions and a base branch (efficient-KAN's parameterisation).
 
@@ -227,6 +221,13 @@ class BSplineKANLinear(KANLinearBase):
         return self.grid_size + self.spline_order
 
     coefficient_names = ('spline_weight', 'spline_scaler')
+
+    def knots(self, i: int) -> torch.Tensor:
+        return self.grid[i].detach().cpu()
+
+    def basis_range(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        k = self.spline_order
+        return self.grid[:, k].detach().cpu(), self.grid[:, -k - 1].detach().cpu()
 
     def reset_coefficients(self) -> None:
         with torch.no_grad():

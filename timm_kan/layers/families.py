@@ -6,6 +6,7 @@ registry, ``create_model`` options, README tables and display names follow from 
 """
 import inspect
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from .bspline import BSplineKANLinear
@@ -13,7 +14,7 @@ from .chebyshev import ChebyshevKANLinear
 from .rational import GRKANMlp
 from .rbf import RBFKANLinear
 
-__all__ = ['KANFamily', 'KAN_FAMILIES', 'KAN_TYPES', 'family_of_model', 'family_of_type', 'design_name']
+__all__ = ['KANFamily', 'KAN_FAMILIES', 'KAN_TYPES', 'family_of_type']
 
 # options of the block around the two KAN layers (KANMlp), shared by the KAN-layer families
 KAN_BLOCK_OPTIONS = ('kan_base', 'kan_mid_norm', 'kan_hidden')
@@ -34,6 +35,9 @@ class KANFamily:
         summary: Format string of the family's main options, e.g. ``'Chebyshev KAN, degree {degree}'``.
         default_base: Base branch of the published form (``kan_base`` default); None for group-rational.
         notes: Extra words for an option the family refuses (why it has no such option).
+        width_multiple_of: The option whose value every hidden width must be a multiple of (group-rational:
+            ``groups``, its coefficient groups), for parameter matching and pruning; None: any width.
+        bench_name: The family's name in ``timm-kan bench`` rows (``'<bench_name> reference'`` / ``fused``).
     """
     kan_type: str
     prefix: str
@@ -44,6 +48,31 @@ class KANFamily:
     summary: str
     default_base: Optional[str] = None
     notes: Mapping[str, str] = field(default_factory=dict)
+    width_multiple_of: Optional[str] = None
+    bench_name: str = ''
+
+    @property
+    def has_kernel(self) -> bool:
+        """Whether the family has fused kernels (its ``kan_fused`` option)."""
+        return 'kan_fused' in self.layer_options
+
+    def bench_variant(self, fused: bool) -> str:
+        """The bench row of the family's block: fused where it has kernels and ``fused``, else the reference."""
+        return f'{self.bench_name} {"fused" if fused and self.has_kernel else "reference"}'
+
+    @property
+    def block(self) -> Callable:
+        """The feed-forward block a ViT block builds (``mlp_layer``): ``KANMlp`` around the family's layer, or the
+        family's own block."""
+        from .kan_mlp import KANMlp  # the block module reads this table
+
+        return partial(KANMlp, kan_type=self.kan_type) if 'kan_base' in self.block_options else self.module
+
+    def width_multiple(self, options: Mapping[str, Any]) -> int:
+        """What every hidden width must be a multiple of, under ``options`` (1: any width)."""
+        if self.width_multiple_of is None:
+            return 1
+        return int(options.get(self.width_multiple_of, self.defaults()[self.width_multiple_of]))
 
     @property
     def options(self) -> Tuple[str, ...]:
@@ -68,17 +97,19 @@ KAN_FAMILIES: Dict[str, KANFamily] = {f.kan_type: f for f in (
     KANFamily('bspline', 'kan_vit', 'B-spline KAN', BSplineKANLinear,
               dict(grid_size='grid_size', spline_order='spline_order', grid_range='grid_range',
                    kan_coeff_init='coeff_init', kan_fused='fused'),
-              KAN_BLOCK_OPTIONS, 'B-spline KAN, grid {grid_size}, order {spline_order}', default_base='silu'),
+              KAN_BLOCK_OPTIONS, 'B-spline KAN, grid {grid_size}, order {spline_order}', default_base='silu',
+              bench_name='bspline'),
     KANFamily('chebyshev', 'chebykan_vit', 'Chebyshev KAN', ChebyshevKANLinear,
               dict(degree='degree', kan_coeff_init='coeff_init', kan_fused='fused'),
-              KAN_BLOCK_OPTIONS, 'Chebyshev KAN, degree {degree}', default_base='none'),
+              KAN_BLOCK_OPTIONS, 'Chebyshev KAN, degree {degree}', default_base='none', bench_name='chebyshev'),
     KANFamily('rbf', 'rbfkan_vit', 'RBF KAN', RBFKANLinear,
               dict(grid_size='grid_size', rbf_basis='basis', grid_range='grid_range', kan_coeff_init='coeff_init'),
               KAN_BLOCK_OPTIONS, 'RBF KAN, {grid_size} {rbf_basis} bases', default_base='silu',
-              notes=dict(kan_fused='there is no fused kernel for rbf KAN yet')),
+              notes=dict(kan_fused='there is no fused kernel for rbf KAN yet'), bench_name='rbf'),
     KANFamily('rational', 'grkan_vit', 'group-rational KAN', GRKANMlp,
               dict(groups='groups', kan_act_init='kan_act_init', kan_fused='kan_fused'),
-              ('kan_hidden',), 'group-rational KAN, {groups} groups'),
+              ('kan_hidden',), 'group-rational KAN, {groups} groups', width_multiple_of='groups',
+              bench_name='group-rational'),
 )}
 KAN_TYPES = tuple(KAN_FAMILIES)
 
@@ -87,19 +118,3 @@ def family_of_type(kan_type: str) -> KANFamily:
     if kan_type not in KAN_FAMILIES:
         raise ValueError(f'kan_type must be one of {KAN_TYPES}, got {kan_type!r}')
     return KAN_FAMILIES[kan_type]
-
-
-def family_of_model(name: str) -> Optional[KANFamily]:
-    """The family of a model name (``hf-hub:``/``local-dir:`` and pretrained tags allowed), None for others."""
-    base = name.split(':')[-1].split('/')[-1].split('.')[0]
-    # longest prefix first: 'kan_vit' is a suffix of the others, never a prefix of them
-    for family in sorted(KAN_FAMILIES.values(), key=lambda f: -len(f.prefix)):
-        if base.startswith(family.prefix + '_'):
-            return family
-    return None
-
-
-def design_name(name: str) -> str:
-    """'Chebyshev KAN', ... or 'MLP' for a model that is not a KAN-ViT."""
-    family = family_of_model(name)
-    return family.display if family else 'MLP'

@@ -1,5 +1,5 @@
 """KAN feed-forward block for timm's ViT ``Block``: two KAN layers in place of fc1 -> act -> fc2."""
-from typing import Any, Optional, Type
+from typing import Any, Dict, Optional, Tuple, Type
 
 import torch
 from torch import nn
@@ -90,6 +90,10 @@ class KANMlp(nn.Module):
             self.norm = nn.Identity()
         self.kan2 = family.module(hidden_features, out_features, base_activation=base2, **layer_kwargs)
         self.drop2 = nn.Dropout(drop)
+
+    def explain_parts(self) -> Tuple[str, Tuple[nn.Module, nn.Module], Dict[str, nn.Module]]:
+        """What explain records: the kind, the two maps (the KAN layers) and the learned activations (none)."""
+        return 'kan', (self.kan1, self.kan2), {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.drop1(self.kan1(x))

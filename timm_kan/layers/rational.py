@@ -11,7 +11,7 @@ package uses the form of KAT's GPU kernel, so that its checkpoints mean the same
 their names, so ViT weights load into them as they are.
 """
 from functools import partial
-from typing import Optional, Type
+from typing import Dict, Optional, Tuple, Type
 
 import torch
 from torch import nn
@@ -228,6 +228,10 @@ class GRKANMlp(nn.Module):
         self.norm = norm_layer(hidden_features, **dd) if norm_layer is not None else nn.Identity()
         self.drop2 = nn.Dropout(drop)
         self.fc2 = nn.Linear(hidden_features, out_features, bias=bias, **dd)
+
+    def explain_parts(self) -> Tuple[str, Tuple[nn.Module, nn.Module], Dict[str, nn.Module]]:
+        """What explain records: the kind, the two maps (linear here) and the learned activations."""
+        return 'rational', (self.fc1, self.fc2), {'act1': self.act1, 'act2': self.act2}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.fc1(self.drop1(self.act1(x)))

@@ -13,7 +13,7 @@ the backward is closed-form from the saved bases: d/dx exp(-z^2) = -2 z phi / h 
 d/dx (1 - tanh(z)^2) = -2 tanh(z) phi / h.
 """
 import math
-from typing import Optional, Sequence, Type
+from typing import Optional, Sequence, Type, Tuple
 
 import torch
 from torch import nn
@@ -107,6 +107,13 @@ class RBFKANLinear(KANLinearBase):
         self.reset_parameters()
 
     coefficient_names = ('spline_weight',)
+    base_on_raw_input = True
+
+    def knots(self, i: int) -> torch.Tensor:
+        return torch.tensor(self.center_values)
+
+    def basis_range(self) -> Tuple[float, float]:
+        return self.center_values[0], self.center_values[-1]
 
     def reset_coefficients(self) -> None:
         self.norm.reset_parameters()

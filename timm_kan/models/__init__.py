@@ -2,3 +2,4 @@
 from ._freeze import FREEZE_POLICIES, apply_freeze_policy
 from ._pretrained import CheckpointError, LoadReport, kan_checkpoint_filter_fn
 from .kan_vit import ARCHS, KANVisionTransformer, architecture_kwargs
+from .names import design_name, family_of_model, resolve_model_name

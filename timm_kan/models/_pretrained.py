@@ -159,6 +159,10 @@ def kan_checkpoint_filter_fn(
             f'{source} is not a ViT or KAN-ViT checkpoint: expected keys like blocks.0.attn.qkv.weight and '
             f'blocks.0.mlp.fc1.weight, found {describe_keys(state_dict.keys(), 5) or "no tensors"}')
     state_dict = _from_kat_layout(state_dict)
+    if getattr(model, 'pos_embed_type', 'learn') == 'sincos2d' and 'pos_embed' in state_dict:
+        _logger.warning(f'{source}: its learned pos_embed {tuple(state_dict["pos_embed"].shape)} is not loaded: '
+                        f'{_model_name(model)} uses fixed sincos2d position embeddings')
+        state_dict = {k: v for k, v in state_dict.items() if k != 'pos_embed'}
     layout = 'kan' if _holds_kan_layers(state_dict) else 'vit'
     if layout == 'kan' and kan_init == 'mlp':
         raise CheckpointError(

@@ -24,14 +24,17 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import torch
 from safetensors import SafetensorError
 from timm.layers import get_act_layer
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer, _cfg
 
-from ..layers import GRKANMlp, KAN_FAMILIES, KANFamily, KANMlp, family_of_model
+from ..layers import KAN_FAMILIES, POS_EMBEDS, KANFamily, KANMlp, family_of_type, sincos2d_pos_embed
+from ..layers.pos_embed import check_sincos2d
 from ..layers.base import check_range
 from ._freeze import FREEZE_POLICIES, apply_freeze_policy
+from .names import family_of_model
 from ._pretrained import (
     KAN_INITS, CheckpointError, LoadReport, kan_checkpoint_filter_fn, load_npz_into_kan_vit, peek_checkpoint)
 
@@ -78,15 +81,47 @@ class KANVisionTransformer(VisionTransformer):
         **kwargs: ``VisionTransformer`` arguments.
     """
 
-    def __init__(self, kan_args: Dict[str, Any], npz_filter: Optional[Callable] = None, **kwargs) -> None:
+    def __init__(self, kan_args: Dict[str, Any], npz_filter: Optional[Callable] = None, pos_embed: str = 'learn',
+                 **kwargs) -> None:
+        if pos_embed not in POS_EMBEDS:
+            raise ValueError(f'pos_embed must be one of {POS_EMBEDS}, got {pos_embed!r}')
         self.kan_args = dict(kan_args)
-        self.vit_args = dict(kwargs)
+        self.vit_args = dict(kwargs)  # a plain ViT of this shape reads Google .npz files (learned pos_embed)
         options = dict(kan_args)
-        kan_type = options.pop('kan_type')
-        block = GRKANMlp if kan_type == 'rational' else partial(KANMlp, kan_type=kan_type)
-        super().__init__(mlp_layer=_per_block_widths(partial(block, **options), kwargs.get('depth', 12)), **kwargs)
+        block = family_of_type(options.pop('kan_type')).block
+        super().__init__(mlp_layer=_per_block_widths(partial(block, **options), kwargs.get('depth', 12)),
+                         pos_embed='none' if pos_embed == 'sincos2d' else pos_embed, **kwargs)
+        self.pos_embed_type = pos_embed
+        if pos_embed == 'sincos2d':
+            check_sincos2d(self.embed_dim, self.patch_embed.img_size, self.patch_embed.patch_size)
+            # fixed, so not trained and not in the state dict: a checkpoint never has to carry it
+            self.register_buffer('sincos_pos_embed', self._sincos_table(), persistent=False)
         self.npz_filter = npz_filter or kan_checkpoint_filter_fn
         self.pretrained_load: Optional[LoadReport] = None
+
+    def _sincos_table(self) -> torch.Tensor:
+        return sincos2d_pos_embed(*self.patch_embed.grid_size, self.embed_dim,
+                                  device=self.patch_embed.proj.weight.device)[None]
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        """timm's, or for ``sincos2d`` the fixed table added to the patch tokens (the class token carries none)."""
+        if self.pos_embed_type != 'sincos2d':
+            return super()._pos_embed(x)
+        if self.dynamic_img_size:
+            batch, height, width, dim = x.shape
+            table = sincos2d_pos_embed(height, width, dim, device=x.device)[None]
+            x = x.view(batch, -1, dim)
+        else:
+            table = self.sincos_pos_embed
+        x = x + table.to(x.dtype)
+        prefix = [t.expand(x.shape[0], -1, -1) for t in (self.cls_token, self.reg_token) if t is not None]
+        return self.pos_drop(torch.cat(prefix + [x], dim=1) if prefix else x)
+
+    def set_input_size(self, img_size=None, patch_size=None) -> None:
+        super().set_input_size(img_size=img_size, patch_size=patch_size)
+        if self.pos_embed_type == 'sincos2d':
+            check_sincos2d(self.embed_dim, self.patch_embed.img_size, self.patch_embed.patch_size)
+            self.sincos_pos_embed = self._sincos_table()
 
     @property
     def checkpoint_layout(self) -> Optional[str]:
@@ -141,7 +176,7 @@ def architecture_kwargs(model_name: str, kwargs: Dict[str, Any]) -> Dict[str, An
     """
     out = {k: v for k, v in kwargs.items() if k not in ADAPTER_KWARGS}
     family = family_of_model(model_name)
-    if family is not None and kwargs.get('kan_init') == 'mlp' and family.default_base is not None:
+    if family is not None and kwargs.get('kan_init') == 'mlp' and 'kan_base' in family.options:
         out.setdefault('kan_base', 'mlp')
         out.setdefault('kan_mid_norm', False)
     return out
@@ -195,22 +230,23 @@ def _adapter_options(pretrained: bool, kwargs: Dict[str, Any]) -> _AdapterOption
     if kan_init == 'mlp' and not pretrained:
         raise ValueError("kan_init='mlp' copies a pretrained MLP into the KAN layers; it needs pretrained=True")
     if kan_init is None:
-        from_kan = bool(recorded) or (pretrained and _kan_file_structure(kwargs))
+        structure = _kan_file_structure(kwargs) if pretrained and not recorded else None
+        if structure is not None:  # the file loads exactly as it was saved unless the user says otherwise
+            for key, value in structure.items():
+                kwargs.setdefault(key, value)
+        from_kan = bool(recorded) or structure is not None
         kan_init = 'mlp' if pretrained and not from_kan else 'random'
     return _AdapterOptions(kan_init, freeze, strict, resample)
 
 
-def _kan_file_structure(kwargs: Dict[str, Any]) -> bool:
-    """Whether a file overlay holds KAN layers; if so, the block structure its keys show (base branch, mid
-    norm) becomes the default of ``kan_base`` / ``kan_mid_norm``, so the file loads exactly as it was saved."""
+def _kan_file_structure(kwargs: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """None unless the file overlay holds KAN layers; then the block structure its keys show (``kan_base``,
+    ``kan_mid_norm``; empty for group-rational blocks, which have no such options)."""
     path = _file_overlay(kwargs)
     peek = peek_checkpoint(path) if path else None
     if peek is None or peek.layout != 'kan':
-        return False
-    if peek.kan_base is not None:
-        kwargs.setdefault('kan_base', peek.kan_base)
-        kwargs.setdefault('kan_mid_norm', peek.kan_mid_norm)
-    return True
+        return None
+    return dict(kan_base=peek.kan_base, kan_mid_norm=peek.kan_mid_norm) if peek.kan_base is not None else {}
 
 
 def _kan_args(family: KANFamily, kan_init: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
@@ -219,7 +255,7 @@ def _kan_args(family: KANFamily, kan_init: str, kwargs: Dict[str, Any]) -> Dict[
     options = {k: kwargs.pop(k) for k in family.options if k in kwargs}
     if 'grid_range' in options:
         options['grid_range'] = check_range('grid_range', options['grid_range'])
-    if family.default_base is not None:
+    if 'kan_base' in family.options:  # a KANMlp block: the base branch is what kan_init='mlp' copies into
         if kan_init == 'mlp':
             for key, needed in (('kan_base', 'mlp'), ('kan_mid_norm', False)):
                 if options.get(key, needed) != needed:
