@@ -352,3 +352,16 @@ def test_predict_refuses_a_class_map_that_reorders_the_models(tmp_path, capsys):
     assert cli_main(argv[:-1] + ['--class-map', str(swapped), str(image)]) == 2
     _one_error_line(capsys, "class 0 is 'dog' there, 'cat' in the model")
     assert cli_main(argv) == 0
+
+
+def test_an_earlier_versions_run_without_a_mark_can_be_resumed(tmp_path, capsys):
+    """A folder holding compare's results.json but no mark (written before marks existed) can be resumed."""
+    data = _folder(tmp_path / 'data')
+    out = tmp_path / 'out'
+    assert _compare(data, out) == 0
+    (out / '.timm_kan.json').unlink()
+    assert _compare(data, out, '--resume') == 0
+    (out / '.timm_kan.json').unlink()
+    (out / 'results.json').write_text('{"mine": 1}')  # a results.json of something else is not compare's
+    assert _compare(data, out, '--resume') == 2
+    _one_error_line(capsys, 'was not made by timm-kan compare')

@@ -73,7 +73,8 @@ class OutputError(ValueError):
 
 
 # the record, inside a folder a command made, that the folder is that command's own (splits carry split.json);
-# an export folder is exactly what the Hub receives, so its record is a key of its config.json instead
+# an export folder is exactly what the Hub receives, so its record is a key of its config.json instead; a compare
+# run of an earlier version is known by its results.json
 OUTPUT_MARKER = '.timm_kan.json'
 EXPORT_MARKER_KEY = 'timm_kan_version'
 LOCK_FILE = '.timm_kan.lock'
@@ -81,7 +82,8 @@ LOCK_FILE = '.timm_kan.lock'
 
 def _marker_kind(folder: Path) -> Optional[str]:
     for name, kind_of in ((OUTPUT_MARKER, lambda d: d.get('kind')),
-                          ('config.json', lambda d: 'export' if EXPORT_MARKER_KEY in d else None)):
+                          ('config.json', lambda d: 'export' if EXPORT_MARKER_KEY in d else None),
+                          ('results.json', lambda d: 'compare' if {'config', 'results'} <= set(d) else None)):
         try:
             return kind_of(json.loads((folder / name).read_text()))
         except (OSError, ValueError, AttributeError, TypeError):
