@@ -141,8 +141,8 @@ def bench_ffn(
     """Rows of forward / forward+backward time and peak extra memory per FFN variant, with ratios to the MLP,
     and each variant's GEMM floor: its matrix-product FLOPs as a multiple of the MLP's.
 
-    ``only`` keeps these variants (the MLP always runs). A variant that runs out of memory gets a row
-    with no figures and the note ``out of memory``.
+    ``only`` keeps these variants, in its order (the MLP always runs, first). A variant that runs out of memory
+    gets a row with no figures and the note ``out of memory``.
     """
     from .kernels import triton_available
 
@@ -156,12 +156,11 @@ def bench_ffn(
 
     from .io import progress_line
 
-    chosen = [name for name in variants if not only or name in only or name == 'mlp']
+    chosen = ['mlp', *dict.fromkeys(n for n in only if n != 'mlp')] if only else list(variants)
     started = time.perf_counter()
     rows = []
-    for name, make in variants.items():
-        if name not in chosen:
-            continue
+    for name in chosen:
+        make = variants[name]
         row: Dict[str, Any] = dict(variant=name, forward_ms=None, fwd_bwd_ms=None, peak_extra_mib=None, note='')
         x = torch.randn(tokens, dim, device=dev, requires_grad=True)
         try:
