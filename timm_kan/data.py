@@ -167,8 +167,10 @@ def _candidate_classes(src: Path, warn: bool = True) -> Dict[str, List[Path]]:
     found, skipped = {}, []
     for d in sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith('.')):
         files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-        if _is_output(d) or not files:
-            skipped.append(d.name + (' (a timm-kan output)' if _is_output(d) else ' (no images)'))
+        if _is_output(d):
+            skipped.append(f'{d.name} (a timm-kan output)')
+        elif not files:
+            skipped.append(f'{d.name} (no images)')
         else:
             found[d.name] = files
     if skipped and warn:
@@ -272,10 +274,12 @@ def split_image_folder(src: Path, dst: Path, val_ratio: float, seed: int) -> Lis
     files = [(p, label) for label, c in enumerate(classes) for p in readable[c]]
     is_val = _per_class_split([label for _, label in files], val_ratio, seed)
     _check_split_sizes(is_val, str(src), val_ratio)
+    by_split: Dict[str, Dict[str, List[Path]]] = {'train': {c: [] for c in classes}, 'val': {c: [] for c in classes}}
+    for (path, label), val in zip(files, is_val):  # one pass: a large folder is linked in linear time
+        by_split['val' if val else 'train'][classes[label]].append(path)
     with atomic_dir(dst, 'split', whole=True) as tmp:
-        for split, want in (('train', False), ('val', True)):
-            _link_split(tmp, split, {c: [p for (p, label), v in zip(files, is_val) if v == want and classes[label] == c]
-                                     for c in classes})
+        for split, split_files in by_split.items():
+            _link_split(tmp, split, split_files)
         write_class_map(tmp, classes)
         _write_manifest(tmp, manifest, classes)
     return classes

@@ -85,9 +85,11 @@ def _marker_kind(folder: Path) -> Optional[str]:
                           ('config.json', lambda d: 'export' if EXPORT_MARKER_KEY in d else None),
                           ('results.json', lambda d: 'compare' if {'config', 'results'} <= set(d) else None)):
         try:
-            return kind_of(json.loads((folder / name).read_text()))
+            kind = kind_of(json.loads((folder / name).read_text()))
         except (OSError, ValueError, AttributeError, TypeError):
             continue
+        if kind:
+            return kind
     return None
 
 

@@ -28,6 +28,7 @@ from timm.utils import ModelEmaV3, NativeScaler, accuracy, decay_batch_step, ran
 
 from .accounting import count_flops, count_parameters, eval_data_config, hidden_widths
 from .data import DataError, split_class_map
+from .images import rgb_transform
 from .io import progress_line, write_atomic
 from .layers import coefficient_parameters
 from .models import design_name
@@ -143,8 +144,6 @@ def _dataset(ctx: RunContext, split: str, is_training: bool = False):
 
 
 def _loaders(ctx: RunContext, data_config: Dict[str, Any]):
-    from .images import rgb_transform
-
     recipe = ctx.recipe
     train_set, val_set = _dataset(ctx, 'train', is_training=True), _dataset(ctx, 'val')
     workers = ctx.workers if ctx.workers is not None else (4 if ctx.device.type == 'cuda' else 0)
@@ -306,11 +305,12 @@ def _train_epoch(run: _Run, loader, loss_fn, ctx: RunContext, epoch: int) -> Dic
 def _train_step(run: _Run, loss_fn, x: torch.Tensor, y: torch.Tensor, ctx: RunContext) -> float:
     with run.autocast():
         loss = loss_fn(run.train_model(x), y)
-    value = loss.detach().float()
+    value = loss.item()  # the one host sync of a step: checked here, returned for the epoch's mean
+    checked = value
     if ctx.distributed:  # every process stops at the same step
-        dist.all_reduce(value)
-    if not math.isfinite(value.item()):
-        raise NonFiniteLoss(value.item())  # before backward: the weights stay those of the last good step
+        checked = _all_sum([value], ctx)[0]
+    if not math.isfinite(checked):
+        raise NonFiniteLoss(value if not math.isfinite(value) else checked)  # before backward: weights stay good
     run.optimizer.zero_grad(set_to_none=True)
     if run.scaler is not None:
         run.scaler(loss, run.optimizer, parameters=run.model.parameters())
@@ -319,7 +319,7 @@ def _train_step(run: _Run, loss_fn, x: torch.Tensor, y: torch.Tensor, ctx: RunCo
         run.optimizer.step()
     if run.ema is not None:
         run.ema.update(run.model)
-    return loss.item()
+    return value
 
 
 @torch.no_grad()
