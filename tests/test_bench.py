@@ -82,7 +82,7 @@ def test_out_of_memory_is_a_row_not_a_crash(monkeypatch):
     def boom(*args, **kwargs):
         raise torch.OutOfMemoryError('CUDA out of memory')
 
-    monkeypatch.setattr(bench_models, '_time', boom)
+    monkeypatch.setattr(bench_models, 'time_call', boom)
     rows = bench.bench_training(['vit_tiny_patch16_224'], batch_size=2, img_size=32)
     assert rows == [dict(model='vit_tiny_patch16_224', batch_size=2, images_per_second=None, note='out of memory',
                          vs_vit=None)]

@@ -11,10 +11,12 @@ from timm.scheduler import create_scheduler_v2
 
 from timm_kan.cli import main as cli_main
 from timm_kan.layers import coefficient_parameters
-from timm_kan.trainer import optimizer_param_groups
-from timm_kan.data import DataError, prepare_data, read_fashion_mnist
-from timm_kan.param_match import count_params, match_hidden
-from timm_kan.results import describe_trained, format_table
+from timm_kan.comparison.param_match import count_params, match_hidden
+from timm_kan.comparison.results import describe_trained, format_table
+from timm_kan.comparison.trainer import optimizer_param_groups
+from timm_kan.data.fashion_mnist import read_fashion_mnist
+from timm_kan.data.sources import prepare_data
+from timm_kan.io import DataError
 
 TINY = ['--model-kwargs', 'img_size=16', 'patch_size=8', 'embed_dim=32', 'depth=1', 'num_heads=2']
 TINY_KWARGS = dict(img_size=16, patch_size=8, embed_dim=32, depth=1, num_heads=2, num_classes=10)

@@ -144,6 +144,11 @@ def test_readme_model_table_is_the_generated_one():
     assert _block('models-table') == registry_table()
 
 
+def test_docs_option_table_is_the_generated_one():
+    from timm_kan.tables import options_table
+    assert _block('options-table') == options_table()
+
+
 def test_readme_mission_table_is_the_generated_one():
     from timm_kan.tables import mission_table
     assert _block('mission-table') == mission_table()
@@ -206,12 +211,13 @@ def test_update_readme_rewrites_blocks_in_readme_and_docs(tmp_path):
     from timm_kan.tables import update_readme
     readme = _copy_pages(tmp_path)
     before = {page.name: page.read_text() for page in block_files(readme)}
-    regenerated = 'models-table|mission-table|performance|cpu-performance|results-mnist5k|results-fashion10k'
+    regenerated = ('models-table|options-table|mission-table|performance|cpu-performance|results-mnist5k|'
+                   'results-fashion10k')
     for page in block_files(readme):  # spoil every block the command below regenerates
         text = re.sub(rf'(<!-- ({regenerated}):start -->\n).*?(<!-- \2:end -->)', r'\1stale\n\3', page.read_text(),
                       flags=re.S)
         page.write_text(text)
-    assert sum(page.read_text().count('\nstale\n') for page in block_files(readme)) >= 7
+    assert sum(page.read_text().count('\nstale\n') for page in block_files(readme)) >= 8
     results = [f'{name}=' + str(ROOT / 'docs' / 'results' / f'{name}.json') for name in ('mnist5k', 'fashion10k')]
     assert main(['models', '--update-readme', str(readme), '--cpu-bench-results',
                  str(ROOT / 'docs' / 'bench' / 'cpu-vit-t.json'), '--results', *results]) == 0

@@ -281,3 +281,28 @@ def test_variance_init_on_the_meta_device_builds_without_data():
     # parameter matching and checkpoint loading build models on 'meta', where no value exists to compute from
     layer = RBFKANLinear(6, 4, coeff_init='variance', device='meta')
     assert layer.spline_weight.is_meta and layer.variance_preserving_std() == 1.0
+
+
+def test_family_table_refuses_a_clash_and_an_entry_that_is_neither_layer_nor_block():
+    from timm_kan.layers import ChebyshevKANLinear, KANFamily, add_family
+
+    with pytest.raises(ValueError, match="clashes with the registered 'chebyshev' \\(prefix 'chebykan_vit'\\)"):
+        add_family(KANFamily('cheby2', 'chebykan_vit', 'x', {}, 'x', layer=ChebyshevKANLinear, default_base='none'))
+    with pytest.raises(ValueError, match='exactly one of layer'):
+        KANFamily('neither', 'neither_vit', 'x', {}, 'x')
+    with pytest.raises(ValueError, match='needs default_base'):
+        KANFamily('nobase', 'nobase_vit', 'x', {}, 'x', layer=ChebyshevKANLinear)
+    with pytest.raises(ValueError, match="no help for option\\(s\\) kan_order; add each argument's meaning to "
+                                         'ChebyshevKANLinear.argument_help'):
+        add_family(KANFamily('cheby3', 'cheby3_vit', 'x', dict(kan_order='order'), 'x', layer=ChebyshevKANLinear,
+                             default_base='none'))
+
+
+def test_every_option_default_comes_from_a_signature():
+    from timm_kan.layers import KAN_FAMILIES
+
+    cheb, rational = KAN_FAMILIES['chebyshev'], KAN_FAMILIES['rational']
+    assert cheb.defaults() == dict(kan_base='none', kan_mid_norm=True, kan_hidden=None, degree=3,
+                                   kan_coeff_init='published', kan_fused=None)
+    assert rational.defaults() == dict(kan_hidden=None, groups=8, kan_act_init=None, kan_fused=None)
+    assert cheb.mlp_init_options == dict(kan_base='mlp', kan_mid_norm=False) and rational.mlp_init_options == {}

@@ -82,3 +82,34 @@ def test_the_walk_sees_a_circle():
     graph = import_graph()
     assert 'timm_kan.kernels' in graph['timm_kan.layers']  # the walk reads relative imports inside functions
     assert 'timm_kan.layers' not in graph['timm_kan.kernels']
+
+
+def family_mentions(path: Path) -> List[str]:
+    """Where code (not a docstring or comment) in ``path`` names a family: its kan_type or prefix as a string, or
+    its layer or block class."""
+    from timm_kan.layers import KAN_FAMILIES
+
+    words = {f.kan_type for f in KAN_FAMILIES.values()} | {f.prefix for f in KAN_FAMILIES.values()}
+    classes = {f.configured.__name__ for f in KAN_FAMILIES.values()}
+    tree = ast.parse(path.read_text())
+    docstrings = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and node.value in words and id(node) not in docstrings:
+            found.append(f'{path.name}:{node.lineno} {node.value!r}')
+        name = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else None
+        if name in classes:
+            found.append(f'{path.name}:{node.lineno} {name}')
+    return found
+
+
+def test_no_module_outside_layers_special_cases_a_family():
+    # the layers (a family's file and its table entry) and the kernels (one per family) are where families live
+    outside = [p for p in ROOT.rglob('*.py') if p.relative_to(ROOT).parts[0] not in ('layers', 'kernels')]
+    assert [m for p in sorted(outside) for m in family_mentions(p)] == []
+
+
+def test_the_family_check_sees_a_special_case(tmp_path):
+    path = tmp_path / 'special.py'
+    path.write_text('"""rational"""\nif kan_type == "rational":\n    block = GRKANMlp\n')
+    assert family_mentions(path) == ["special.py:2 'rational'", 'special.py:3 GRKANMlp']

@@ -190,3 +190,12 @@ def test_model_summary_reports_parts_and_gflops():
     p = summary['params']
     assert p['total'] == p['attention'] + p['ffn'] + p['other'] == sum(x.numel() for x in model.parameters())
     assert summary['input_size'] == [3, 32, 32] and summary['gflops'] > 0
+
+
+def test_per_block_widths_are_built_with_timms_initialisation():
+    torch.manual_seed(0)
+    model = timm.create_model('grkan_vit_t16', kan_hidden=[64, 128], img_size=32, depth=2, num_classes=3)
+    assert model.hidden_widths() == [64, 128]
+    # timm's ViT init (truncated normal, std 0.02) reached every block, also the one rebuilt at its own width;
+    # PyTorch's default nn.Linear init has std 0.042 at width 192
+    assert [round(float(b.mlp.fc1.weight.detach().std()), 2) for b in model.blocks] == [0.02, 0.02]

@@ -88,7 +88,7 @@ def test_bad_pos_embed_is_one_line(kwargs, message):
 
 
 def test_compare_refuses_sincos2d_for_a_plain_vit():
-    from timm_kan.compare import kwargs_per_model
+    from timm_kan.comparison.run import kwargs_per_model
 
     with pytest.raises(ValueError, match='vit_tiny_patch16_224 is not a KAN-ViT'):
         kwargs_per_model(['vit_tiny_patch16_224', 'chebykan_vit_t16'], dict(pos_embed='sincos2d'))

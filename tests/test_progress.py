@@ -17,7 +17,7 @@ from torch import nn
 
 from conftest import image_folder as _folder
 from timm_kan.cli import main as cli_main
-from timm_kan.results import format_table
+from timm_kan.comparison.results import format_table
 
 TINY_KWARGS = dict(img_size=16, patch_size=8, embed_dim=32, depth=1, num_heads=2)
 TINY = ['--model-kwargs', *(f'{k}={v}' for k, v in TINY_KWARGS.items())]
@@ -59,9 +59,9 @@ def test_compare_prints_one_line_per_epoch_per_model_to_stderr(tmp_path, capsys,
 
 def test_compare_progress_comes_from_rank_0_only(tmp_path, capsys):
     """Under DDP every process trains and only rank 0 speaks (a context of rank 1 in one process stands for it)."""
-    from timm_kan.compare import RECIPES
-    from timm_kan.data import prepare_data
-    from timm_kan.trainer import RunContext, train_model
+    from timm_kan.comparison.config import RECIPES
+    from timm_kan.comparison.trainer import RunContext, train_model
+    from timm_kan.data.sources import prepare_data
 
     root, classes = prepare_data(str(_folder(tmp_path / 'data')), tmp_path / 'out', 0.2, 0)
     ctx = RunContext(data_root=root, classes=classes, recipe=dict(RECIPES['small'], epochs=1, batch_size=8),

@@ -16,10 +16,12 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from timm_kan import CheckpointError
-from timm_kan import trainer as trainer_module
+from timm_kan.comparison import trainer as trainer_module
 from timm_kan.cli import main as cli_main
-from timm_kan.compare import kwargs_per_model
-from timm_kan.data import DataError, prepare_data, split_class_map, split_image_folder
+from timm_kan.comparison.run import kwargs_per_model
+from timm_kan.data.sources import prepare_data
+from timm_kan.data.split import split_class_map, split_image_folder
+from timm_kan.io import DataError
 
 from conftest import SMALL, make_vit
 
@@ -51,7 +53,7 @@ def test_split_is_rebuilt_when_seed_or_limit_changes(tmp_path):
 
 
 def test_interrupted_split_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
-    import timm_kan.data as data_module
+    import timm_kan.data.split as data_module
     calls = []
 
     def interrupted(root, split, *args):

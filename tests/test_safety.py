@@ -19,7 +19,8 @@ from PIL import Image
 
 from conftest import image_folder as _folder
 from timm_kan.cli import main as cli_main
-from timm_kan.data import DataError, prepare_data
+from timm_kan.data.sources import prepare_data
+from timm_kan.io import DataError
 
 TINY = ['--model-kwargs', 'img_size=16', 'patch_size=8', 'embed_dim=32', 'depth=1', 'num_heads=2']
 
@@ -153,7 +154,7 @@ def test_checkpoint_temporary_files_are_unique(tmp_path):
     leftovers = [p for p in (tmp_path / 'out').rglob('*') if p.name.endswith('.tmp')]
     assert not leftovers
     import inspect
-    from timm_kan import trainer
+    from timm_kan.comparison import trainer
     assert "path.name + '.tmp'" not in inspect.getsource(trainer)
 
 
@@ -228,7 +229,7 @@ def test_a_class_of_unreadable_images_is_dropped_and_named(tmp_path, caplog):
 
 def test_a_sixteen_bit_image_trains_as_what_it_shows(tmp_path):
     """A 16-bit grey image (values around 30,000 of 65,535) reaches the model mid-grey, not clipped to white."""
-    from timm_kan.trainer import RunContext, _loaders
+    from timm_kan.comparison.trainer import RunContext, _loaders
 
     data = _folder(tmp_path / 'data')
     Image.fromarray(np.full((20, 20), 30000, dtype=np.uint16)).save(data / 'cat' / 'deep.png')
@@ -250,7 +251,7 @@ def test_a_sixteen_bit_image_trains_as_what_it_shows(tmp_path):
 def test_predict_reproduces_compares_validation_image_for_image(tmp_path):
     from timm_kan.hub import export_for_hub, model_from_checkpoint
     from timm_kan.predict import predict_images
-    from timm_kan.trainer import RunContext, _loaders
+    from timm_kan.comparison.trainer import RunContext, _loaders
 
     data = _folder(tmp_path / 'data', classes=('a', 'b', 'c'), count=10, size=24)
     out = tmp_path / 'out'

@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 
 from timm_kan.cli import main as cli_main
-from timm_kan.results import TABLE_COLUMNS
-from timm_kan.trainer import suggest_batch_size
-from timm_kan.data import prepare_data
+from timm_kan.comparison.results import TABLE_COLUMNS
+from timm_kan.comparison.trainer import suggest_batch_size
+from timm_kan.data.sources import prepare_data
 
 TINY = ['--model-kwargs', 'img_size=16', 'patch_size=8', 'embed_dim=32', 'depth=1', 'num_heads=2']
 def _compare(data, out, *extra):

@@ -7,5 +7,5 @@
 from ._version import __version__
 from .accounting import count_flops, count_parameters, model_summary
 from .hub import export_for_hub, push_to_hub
-from .layers import KAN_FAMILIES, BSplineKANLinear, ChebyshevKANLinear, GRKANMlp, KANMlp, RBFKANLinear
-from .models import CheckpointError, KANVisionTransformer, apply_freeze_policy
+from .layers import KAN_FAMILIES, BSplineKANLinear, ChebyshevKANLinear, GRKANMlp, KANFamily, KANMlp, RBFKANLinear
+from .models import CheckpointError, KANVisionTransformer, apply_freeze_policy, register_family

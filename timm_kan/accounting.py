@@ -89,9 +89,11 @@ def model_summary(model: nn.Module, input_size: Optional[Sequence[int]] = None) 
 
 
 def hidden_widths(model: nn.Module) -> List[int]:
-    """Each block's feed-forward width (MLP fc1, KAN kan1 or group-rational fc1); empty if not a ViT."""
+    """Each block's feed-forward width: the outputs of its first map (a KAN family's block names its maps in
+    ``explain_parts``; timm's MLP has fc1); empty if not a ViT."""
     widths = []
     for block in getattr(model, 'blocks', None) or ():
-        first = getattr(block.mlp, 'fc1', None) or getattr(block.mlp, 'kan1', None)
+        mlp = block.mlp
+        first = mlp.explain_parts()[1][0] if hasattr(mlp, 'explain_parts') else mlp.fc1
         widths.append(first.out_features)
     return widths

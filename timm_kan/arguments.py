@@ -4,7 +4,7 @@ import ast
 import math
 from typing import Any, Callable, Dict, NoReturn, Optional, Sequence, Tuple, Union
 
-__all__ = ['OneLineParser', 'bounded', 'split_pair', 'KwargsAction']
+__all__ = ['OneLineParser', 'bounded', 'split_pair', 'KwargsAction', 'MODEL_KWARGS']
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -67,3 +67,7 @@ class KwargsAction(argparse.Action):
             except (ValueError, SyntaxError):
                 kwargs[key] = value  # as timm: a bare word need not be quoted on the command line
         setattr(namespace, self.dest, kwargs)
+
+
+# --model-kwargs of every command that builds models (add_argument keywords)
+MODEL_KWARGS: Dict[str, Any] = dict(nargs='*', action=KwargsAction, help='create_model kwargs, key=value')

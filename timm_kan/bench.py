@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from .io import processor_name
-from .bench_models import _device_and_dtype, _release, _time, bench_paths, bench_training, check_targets
+from .bench_models import bench_paths, bench_training, check_targets, device_and_dtype, release_memory, time_call
+from .layers import KAN_FAMILIES
 
 __all__ = ['PublishedChebyshevKAN', 'bench_ffn', 'bench_paths', 'bench_training', 'check_targets',
            'format_report', 'main']
@@ -69,7 +70,6 @@ def import_ikan() -> Tuple[Optional[Any], str]:
 
 def _ffn_variants(dim: int, hidden: int, degree: int, fused_ok: bool) -> Dict[str, Callable[[], nn.Module]]:
     from timm.layers import Mlp
-    from .layers import KAN_FAMILIES
 
     variants: Dict[str, Callable[[], nn.Module]] = {
         'mlp': lambda: Mlp(dim, hidden),
@@ -120,8 +120,8 @@ def _measure_variant(make: Callable[[], nn.Module], x: torch.Tensor, amp_dtype: 
         fwd().float().sum().backward()
 
     with torch.no_grad():
-        row['forward_ms'] = _time(fwd, dev, warmup, reps)
-    row['fwd_bwd_ms'] = _time(fwd_bwd, dev, warmup, reps)
+        row['forward_ms'] = time_call(fwd, dev, warmup, reps)
+    row['fwd_bwd_ms'] = time_call(fwd_bwd, dev, warmup, reps)
     if dev.type == 'cuda':
         module.zero_grad(set_to_none=True)
         x.grad = None
@@ -146,7 +146,7 @@ def bench_ffn(
     """
     from .kernels import triton_available
 
-    dev, amp_dtype = _device_and_dtype(device, dtype)
+    dev, amp_dtype = device_and_dtype(device, dtype)
     fused_ok = dev.type == 'cuda' and triton_available()
     variants = _ffn_variants(dim, hidden, degree, fused_ok)
     unknown = sorted(set(only or ()) - set(variants))
@@ -168,7 +168,7 @@ def bench_ffn(
         except torch.OutOfMemoryError:
             row.update(forward_ms=None, fwd_bwd_ms=None, note='out of memory')
         x = None
-        _release(dev)
+        release_memory(dev)
         rows.append(row)
         progress_line(f'bench ffn {len(rows)}/{len(chosen)} {name}: ' + (
             row['note'] if row['note'] else
@@ -250,12 +250,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--warmup', type=bounded(int, low=0), default=5 if cuda else 1)
     p.add_argument('--variants', nargs='*', default=None, help='FFN variants to run (default: all; MLP always)')
     p.add_argument('--models', nargs='*', default=[
-        'vit_base_patch16_224', 'chebykan_vit_base_patch16_224', 'kan_vit_base_patch16_224',
-        'grkan_vit_base_patch16_224', 'rbfkan_vit_base_patch16_224'] if cuda else [],
+        'vit_base_patch16_224', *(f'{f.prefix}_base_patch16_224' for f in KAN_FAMILIES.values())] if cuda else [],
         help='models for the training images/s table')
     p.add_argument('--path-models', nargs='*', default=[
-        f'{family}_vit_{size}_patch16_224' for size in ('tiny', 'small') for family in ('chebykan', 'kan', 'grkan')]
-        if cuda else [], help='KAN-ViTs to train on the fused and on the reference path')
+        f'{f.prefix}_{size}_patch16_224' for size in ('tiny', 'small') for f in KAN_FAMILIES.values() if f.has_kernel]
+        if cuda else [], help='KAN-ViTs (of the families with kernels) to train on the fused and on the reference path')
     p.add_argument('--batch-size', type=count, default=64)
     p.add_argument('--img-size', type=count, default=None)
     p.add_argument('--model-kwargs', nargs='*', default={}, action=KwargsAction,

@@ -7,10 +7,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-__all__ = ['bench_training', 'bench_paths', 'check_targets', 'TARGETS']
+__all__ = ['bench_training', 'bench_paths', 'check_targets', 'device_and_dtype', 'release_memory', 'time_call',
+           'TARGETS']
 
 
-def _time(fn: Callable[[], Any], device: torch.device, warmup: int, reps: int) -> float:
+def time_call(fn: Callable[[], Any], device: torch.device, warmup: int, reps: int) -> float:
     """Median milliseconds of ``fn`` (device events on CUDA)."""
     for _ in range(warmup):
         fn()
@@ -31,12 +32,12 @@ def _time(fn: Callable[[], Any], device: torch.device, warmup: int, reps: int) -
 
 
 
-def _device_and_dtype(device: Optional[str], dtype: str) -> Tuple[torch.device, torch.dtype]:
+def device_and_dtype(device: Optional[str], dtype: str) -> Tuple[torch.device, torch.dtype]:
     return torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu')), getattr(torch, dtype)
 
 
 
-def _release(dev: torch.device) -> None:
+def release_memory(dev: torch.device) -> None:
     if dev.type == 'cuda':
         torch.cuda.synchronize(dev)
         torch.cuda.empty_cache()
@@ -67,12 +68,12 @@ def _training_rate(
             loss.backward()
             opt.step()
 
-        return batch_size / _time(step, dev, warmup, steps) * 1e3
+        return batch_size / time_call(step, dev, warmup, steps) * 1e3
     except torch.OutOfMemoryError:
         return None
     finally:
         model = opt = x = y = None  # free this model's memory before the next one is built
-        _release(dev)
+        release_memory(dev)
 
 
 def bench_training(
@@ -81,7 +82,7 @@ def bench_training(
 ) -> List[Dict[str, Any]]:
     """Training images/s (AdamW, autocast) for each model, and the ratio to the first plain ViT in the list.
     A model that runs out of memory gets no figures and the note ``out of memory``."""
-    dev, amp_dtype = _device_and_dtype(device, dtype)
+    dev, amp_dtype = device_and_dtype(device, dtype)
     rows = []
     for name in models:
         rate = _training_rate(name, batch_size, img_size, amp_dtype, dev, steps, warmup, model_kwargs or {})
@@ -100,7 +101,7 @@ def bench_paths(
 ) -> List[Dict[str, Any]]:
     """Training images/s of each KAN-ViT with its fused kernels (``kan_fused=True``) and with the PyTorch
     reference (``kan_fused=False``), and their ratio (> 1: the kernels are faster)."""
-    dev, amp_dtype = _device_and_dtype(device, dtype)
+    dev, amp_dtype = device_and_dtype(device, dtype)
     rows = []
     for name in models:
         rates = {path: _training_rate(name, batch_size, img_size, amp_dtype, dev, steps, warmup,

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from .arguments import KwargsAction, OneLineParser, bounded, split_pair
+from .arguments import MODEL_KWARGS, OneLineParser, bounded, split_pair
 
 __all__ = ['main', 'build_parser']
 
@@ -55,11 +55,13 @@ def _cmd_convert(args: argparse.Namespace) -> None:
     import timm
     from .hub import export_for_hub
     from .io import check_output_dir
+    from .layers import KAN_FAMILIES
     from .models import family_of_model
 
     if family_of_model(args.model) is None:
-        raise ValueError(f'--model {args.model} is not a KAN-ViT: convert builds kan_vit_*, chebykan_vit_*, '
-                         'rbfkan_vit_* or grkan_vit_* models from a ViT checkpoint')
+        names = [f.prefix + '_*' for f in KAN_FAMILIES.values()]
+        raise ValueError(f'--model {args.model} is not a KAN-ViT: convert builds {", ".join(names[:-1])} or '
+                         f'{names[-1]} models from a ViT checkpoint')
     checkpoint = Path(args.checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f'--checkpoint: checkpoint not found: {checkpoint}')
@@ -79,52 +81,22 @@ def _cmd_convert(args: argparse.Namespace) -> None:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import DEFAULT_MODELS, CompareConfig, run_compare
-    from .results import format_table
-    from .data import bundled_set
+    from .comparison import run_compare
+    from .comparison.config import config_from_args
+    from .comparison.results import format_table
 
-    cfg = CompareConfig(
-        models=args.models or list(DEFAULT_MODELS), data=args.data, output=args.output,
-        recipe=args.recipe or ('small' if bundled_set(args.data) else 'seed'), epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, opt=args.opt,
-        kan_lr_scale=args.kan_lr_scale, kan_weight_decay=args.kan_weight_decay,
-        model_kwargs=args.model_kwargs, pretrained=args.pretrained or bool(args.pretrained_file),
-        pretrained_file=args.pretrained_file, freeze=args.freeze, kan_init=args.kan_init, val_ratio=args.val_ratio,
-        max_items=args.max_items, seed=args.seed[0], seeds=_seeds(args), match_params=_match_params(args),
-        param_budget=args.param_budget, workers=args.workers, amp=not args.no_amp,
-        amp_dtype=args.amp_dtype, model_ema=args.model_ema, model_ema_decay=args.model_ema_decay,
-        device=args.device, progress=False if args.no_progress else None, resume=args.resume,
-        overwrite=args.overwrite, explain=not args.no_explain)
+    cfg = config_from_args(args)
     results = run_compare(cfg)
-    failed = json.loads((Path(args.output) / 'results.json').read_text()).get('failed', []) \
-        if (Path(args.output) / 'results.json').is_file() else []
+    results_file = Path(cfg.output) / 'results.json'
+    failed = json.loads(results_file.read_text()).get('failed', []) if results_file.is_file() else []
     if int(os.environ.get('RANK', '0')) == 0:
         if results:
             print(format_table(results))
-        print(f'\noutputs in {args.output}: results.json, results.csv, loss.png, accuracy.png, accuracy_vs_gflops.png, '
+        print(f'\noutputs in {cfg.output}: results.json, results.csv, loss.png, accuracy.png, accuracy_vs_gflops.png, '
               'accuracy_vs_params.png')
         for failure in failed:
             print(f'error: {failure["error"]}', file=sys.stderr)
     return 1 if failed else 0
-
-
-def _match_params(args: argparse.Namespace) -> bool:
-    """--match-params when given, else on for a bundled set trained from scratch: the equal-parameter comparison
-    is the one the main job answers (a pretrained MLP only initialises a KAN of its own hidden width)."""
-    from .data import bundled_set
-    if args.match_params is not None:
-        return args.match_params
-    return bundled_set(args.data) is not None and not (args.pretrained or args.pretrained_file)
-
-
-def _seeds(args: argparse.Namespace) -> List[int]:
-    if args.seeds is not None:
-        if len(args.seed) > 1:
-            raise ValueError('--seeds N counts up from one --seed; give either --seeds or several --seed values')
-        if args.seeds < 1:
-            raise ValueError(f'--seeds must be >= 1, got {args.seeds}')
-        return list(range(args.seed[0], args.seed[0] + args.seeds))
-    return list(args.seed)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -183,7 +155,7 @@ def _cmd_push(args: argparse.Namespace) -> None:
 
 
 def _cmd_split(args: argparse.Namespace) -> None:
-    from .data import split_image_folder
+    from .data.split import split_image_folder
 
     classes = split_image_folder(Path(args.src), Path(args.dst), args.val_ratio, args.seed)
     print(f'{args.dst}/train and {args.dst}/val: {len(classes)} classes, class map in {args.dst}/class_indices.json')
@@ -204,7 +176,7 @@ def _cmd_bench(args: argparse.Namespace) -> None:
 
 
 def _kwargs_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument('--model-kwargs', nargs='*', default={}, action=KwargsAction, help='create_model kwargs, key=value')
+    p.add_argument('--model-kwargs', default={}, **MODEL_KWARGS)
 
 
 def _add_info(sub) -> None:
@@ -217,6 +189,8 @@ def _add_info(sub) -> None:
 
 
 def _add_convert(sub) -> None:
+    from .models import KAN_INITS
+
     p = sub.add_parser('convert', help='convert a ViT checkpoint into a KAN-ViT folder for local-dir:/hf-hub:')
     p.add_argument('--model', required=True, help='KAN-ViT architecture, e.g. chebykan_vit_base_patch16_224')
     p.add_argument('--checkpoint', required=True, help='ViT checkpoint: .safetensors, .pth/.bin or Google .npz')
@@ -226,7 +200,7 @@ def _add_convert(sub) -> None:
     p.add_argument('--num-classes', type=_positive_int, default=None, help='classes of the new head')
     p.add_argument('--source-num-classes', type=_positive_int, default=None,
                    help="classes of the checkpoint's head (default: the architecture's pretrained tag)")
-    p.add_argument('--kan-init', choices=('mlp', 'random'), default='mlp')
+    p.add_argument('--kan-init', choices=KAN_INITS, default='mlp')
     p.add_argument('--no-strict', action='store_true', help='skip (and list) checkpoint tensors with no place')
     p.add_argument('--resample', action='store_true',
                    help="resample the checkpoint's patch and position embeddings to the model's patch/image size")
@@ -235,49 +209,10 @@ def _add_convert(sub) -> None:
 
 
 def _add_compare(sub) -> None:
+    from .comparison.config import add_compare_options
+
     p = sub.add_parser('compare', help='train several models under one recipe and compare them')
-    p.add_argument('--models', nargs='+', default=None, help='timm / timm_kan model names')
-    p.add_argument('--data', default='mnist5k',
-                   help="'mnist5k', 'digits', 'fashion-mnist' (Debian's dataset-fashion-mnist, or "
-                        "fashion-mnist:FOLDER) or an image folder (one folder per class, or train/ and val/)")
-    p.add_argument('--output', default='output/compare')
-    p.add_argument('--recipe', default=None, help="'small' (default for bundled data) or 'seed' (default for folders)")
-    p.add_argument('--epochs', type=int, default=None)
-    p.add_argument('--batch-size', type=int, default=None)
-    p.add_argument('--lr', type=float, default=None)
-    p.add_argument('--weight-decay', type=float, default=None)
-    p.add_argument('--opt', default=None)
-    p.add_argument('--kan-lr-scale', type=float, default=None,
-                   help='learning rate of the KAN coefficients (spline, Chebyshev, RBF, rational) relative to --lr')
-    p.add_argument('--kan-weight-decay', type=float, default=None,
-                   help='weight decay of the KAN coefficients (default: --weight-decay)')
-    _kwargs_option(p)
-    p.add_argument('--pretrained', action='store_true', help='start from the registry pretrained weights')
-    p.add_argument('--pretrained-file', default=None, help='start from this ViT checkpoint file')
-    p.add_argument('--freeze', choices=('none', 'head', 'backbone'), default=None)
-    p.add_argument('--kan-init', choices=('mlp', 'random'), default=None)
-    p.add_argument('--val-ratio', type=float, default=0.2)
-    p.add_argument('--max-items', type=int, default=None, help='use only this many items of a bundled set')
-    p.add_argument('--seed', type=int, nargs='+', default=[0],
-                   help='training seed(s); several: every model trained once per seed, mean ± std reported. '
-                        'The first also draws the validation split')
-    p.add_argument('--seeds', type=int, default=None, metavar='N', help='N seeds: --seed, --seed + 1, ...')
-    p.add_argument('--match-params', action=argparse.BooleanOptionalAction, default=None,
-                   help="give each KAN model the kan_hidden that brings it within 2%% of the first model's parameters "
-                        "(default: on for the bundled sets trained from scratch, off otherwise)")
-    p.add_argument('--param-budget', type=float, default=None, metavar='M',
-                   help='match every KAN model to M million parameters instead')
-    p.add_argument('--workers', type=int, default=None)
-    p.add_argument('--no-amp', action='store_true')
-    p.add_argument('--amp-dtype', choices=('float16', 'bfloat16'), default='float16')
-    p.add_argument('--model-ema', action='store_true')
-    p.add_argument('--model-ema-decay', type=float, default=0.9998)
-    p.add_argument('--device', default=None)
-    p.add_argument('--no-progress', action='store_true')
-    p.add_argument('--resume', action='store_true', help='continue the run in --output (same configuration)')
-    p.add_argument('--overwrite', action='store_true', help='discard the results already in --output')
-    p.add_argument('--no-explain', action='store_true',
-                   help="skip the explain pictures (overview, top edges) written for each KAN model")
+    add_compare_options(p)
     p.set_defaults(fn=_cmd_compare)
 
 

@@ -12,11 +12,36 @@ from .accounting import count_flops, count_parameters
 from .io import markdown_table
 from .layers import KAN_FAMILIES
 from .models import ARCHS
+from .models.kan_vit import ADAPTER_KWARGS
 
-__all__ = ['block_files', 'mission_table', 'performance_section', 'cpu_performance_section', 'registry_table',
-           'replace_block', 'results_section', 'update_readme']
+__all__ = ['block_files', 'mission_table', 'options_table', 'performance_section', 'cpu_performance_section',
+           'registry_table', 'replace_block', 'results_section', 'update_readme']
 
 _MLP_DESIGN = 'MLP (timm ViT)'
+
+
+def _default_text(value) -> str:
+    return f'`{tuple(value) if isinstance(value, list) else value}`'
+
+
+def options_table() -> str:
+    """Markdown table of every ``create_model`` option: the families that take it, its default and its meaning, from
+    the family table and the layers' and blocks' ``argument_help``; then the load-time options."""
+    rows: Dict[Tuple[str, str], list] = {}
+    for family in KAN_FAMILIES.values():
+        helps, defaults = family.option_help(), family.defaults()
+        for option in family.options:
+            rows.setdefault((option, helps[option]), []).append((family, defaults[option]))
+    table = []
+    for (option, meaning), takers in rows.items():
+        names = 'all' if len(takers) == len(KAN_FAMILIES) else ', '.join(f'`{f.prefix}_*`' for f, _ in takers)
+        if len({repr(v) for _, v in takers}) == 1:
+            default = _default_text(takers[0][1])
+        else:
+            default = '; '.join(f'{_default_text(v)} ({f.display})' for f, v in takers)
+        table.append([f'`{option}`', names, default, meaning])
+    table += [[f'`{option}`', 'all', default, meaning] for option, (default, meaning) in ADAPTER_KWARGS.items()]
+    return markdown_table(('option', 'family', 'default', 'meaning'), table)
 
 
 def registry_table() -> str:
@@ -102,7 +127,7 @@ def cpu_performance_section(bench_results: Union[str, Path]) -> str:
 
 def results_section(results_json: Union[str, Path]) -> str:
     """A ``timm-kan compare`` run for README.md: where and how it ran, then its table."""
-    from .results import format_table
+    from .comparison.results import format_table
 
     run = json.loads(Path(results_json).read_text())
     return (f"Measured {run.get('date', 'n/a')} on {run['device']} ({run.get('processor', 'n/a')}) with torch "
@@ -132,9 +157,10 @@ def update_readme(
     or in the ``docs/*.md`` pages next to it (every file holding it). A block that none of them holds is an
     error, and then nothing is written.
     """
-    from .results import format_table
+    from .comparison.results import format_table
 
-    blocks = [('models-table', registry_table()), ('mission-table', mission_table(bench_results=bench_results)),
+    blocks = [('models-table', registry_table()), ('options-table', options_table()),
+              ('mission-table', mission_table(bench_results=bench_results)),
               ('performance', performance_section(bench_results))]
     if cpu_bench_results:
         blocks.append(('cpu-performance', cpu_performance_section(cpu_bench_results)))

@@ -75,7 +75,7 @@ def _prune_report(args: argparse.Namespace, model: nn.Module, name: str, records
 
 
 def explain_command(args: argparse.Namespace) -> None:
-    from ..data import data_inputs, prepare_data
+    from ..data.sources import data_inputs, prepare_data
     from ..io import check_output_dir, mark_output_dir, output_lock
 
     source = [] if args.source.startswith(('local-dir:', 'hf-hub:')) else [args.source]
@@ -105,12 +105,13 @@ def _explain(args: argparse.Namespace, model: nn.Module, name: str, out: Path) -
 
 def add_explain_parser(sub) -> None:
     from ..arguments import KwargsAction, bounded
+    from ..data.sources import DataSpec, data_help
 
     count = bounded(int, low=1)
     p = sub.add_parser('explain', help="what a KAN-ViT's layers learned: edge functions, importance, pruning")
     p.add_argument('source', help='training checkpoint (compare or timm train.py), local-dir:PATH or hf-hub:ID')
     p.add_argument('--model', default=None, help="architecture (default: the one the checkpoint records)")
-    p.add_argument('--data', required=True, help="'mnist5k', 'digits', 'fashion-mnist' or an image folder")
+    p.add_argument('--data', required=True, type=DataSpec.parse, help=data_help())
     p.add_argument('--out', required=True, help='output folder (new, or one explain made)')
     p.add_argument('--overwrite', action='store_true',
                    help="write into an existing folder explain did not make (only its own files are replaced)")

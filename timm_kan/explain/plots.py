@@ -5,20 +5,20 @@
 - ``plot_top_edges``: the top-k edges of one layer, each curve over its input's data range (1st to 99th
   percentile) with the input histogram shaded behind, the grid knots (B-spline) or centres (RBF) marked, the
   share of inputs outside the grid, and the best symbolic fit dashed, named in the title.
-- ``plot_rational_groups``: each group's phi1 / phi2 of a group-rational block against the function it
-  started from (identity, GELU or SiLU).
+- ``plot_group_activations``: each group's learned activation of a block (group-rational: phi1 / phi2) against
+  the function it started from (identity, GELU or SiLU).
 """
 import math
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import torch
+from torch import nn
 
-from ..layers.rational import RATIONAL_INITS, GroupRational
 from .records import BlockRecord, LayerRecord
 from .symbolic import fit_symbolic
 
-__all__ = ['plot_overview', 'plot_top_edges', 'plot_rational_groups', 'top_edges', 'edge_curve']
+__all__ = ['plot_overview', 'plot_top_edges', 'plot_group_activations', 'top_edges', 'edge_curve']
 
 
 def _plt():
@@ -130,9 +130,12 @@ def plot_top_edges(layer: LayerRecord, path: Path, k: int = 12, title: str = '')
     return edges
 
 
-def plot_rational_groups(acts: Dict[str, GroupRational], inputs: Dict[str, torch.Tensor], path: Path,
-                         title: str = '') -> Path:
-    """Each group's phi1 and phi2 of one group-rational block against its initial function."""
+def plot_group_activations(acts: Dict[str, nn.Module], inputs: Dict[str, torch.Tensor], path: Path,
+                           title: str = '') -> Path:
+    """Each group's learned activation of one block (group-rational: phi1, phi2) against its initial function.
+
+    An activation module has ``groups``, ``init`` (the name of its start) and ``group_functions(u)`` /
+    ``initial_functions(u)``: (n,) values -> (groups, n)."""
     plt = _plt()
     names: Sequence[str] = sorted(acts)
     groups = acts[names[0]].groups
@@ -142,8 +145,8 @@ def plot_rational_groups(acts: Dict[str, GroupRational], inputs: Dict[str, torch
         data = inputs[name]
         lo, hi = torch.quantile(data, 0.01).item(), torch.quantile(data, 0.99).item()
         u = torch.linspace(lo, hi, 101)
-        phi = act.group_functions(u.to(act.numerator.device)).cpu()
-        start = GroupRational(act.groups, act.groups, act.init).group_functions(u)
+        phi = act.group_functions(u.to(next(act.parameters()).device)).cpu()
+        start = act.initial_functions(u)
         for g in range(groups):
             ax = axes[row, g]
             ax.plot(u, start[g], color='0.6', ls='--', lw=1, label=act.init)
@@ -151,6 +154,6 @@ def plot_rational_groups(acts: Dict[str, GroupRational], inputs: Dict[str, torch
             ax.set_title(f'{name} group {g}', fontsize=8)
             ax.tick_params(labelsize=6)
         axes[row, 0].legend(fontsize=6)
-    fig.suptitle(title or f'group-rational functions against their start ({", ".join(RATIONAL_INITS)})', fontsize=9)
+    fig.suptitle(title or 'learned activations against their start', fontsize=9)
     fig.tight_layout()
     return _save(fig, path)

@@ -17,7 +17,7 @@ from torch import nn
 import timm
 from timm.models import get_model_args
 
-from ..layers import family_of_type
+from ..layers import KAN_FAMILIES, family_of_type
 from ..models import KANVisionTransformer
 from ..models.kan_vit import ADAPTER_KWARGS
 from .records import BlockRecord, record_blocks
@@ -52,8 +52,8 @@ def _slice_like(old: torch.Tensor, new_shape: Sequence[int], index: torch.Tensor
 
 def _check(model: nn.Module, keep: Optional[float], threshold: Optional[float]) -> None:
     if not isinstance(model, KANVisionTransformer):
-        raise ValueError(f'prune works on KAN-ViTs (kan_vit_*, chebykan_vit_*, rbfkan_vit_*, grkan_vit_*), '
-                         f'not on {type(model).__name__}')
+        families = ', '.join(f'{f.prefix}_*' for f in KAN_FAMILIES.values())
+        raise ValueError(f'prune works on KAN-ViTs ({families}), not on {type(model).__name__}')
     if (keep is None) == (threshold is None):
         raise ValueError('prune needs exactly one of keep (a share of units) and threshold (a unit score)')
     if keep is not None and not 0 < keep <= 1:

@@ -34,7 +34,7 @@ class LayerRecord:
 class BlockRecord:
     """A block's two maps around its hidden units, and the hidden units' scores."""
     block: int
-    kind: str  # 'kan', 'rational' or 'mlp'
+    kind: str  # what the block's explain_parts says ('kan', 'rational'), or 'mlp' for timm's MLP
     layers: List[LayerRecord]
     unit_score: torch.Tensor = field(init=False)  # (hidden,) min(max incoming, max outgoing)
     unit_mass: torch.Tensor = field(init=False)  # (hidden,) sum of outgoing scores
@@ -62,7 +62,8 @@ def _maps(mlp: nn.Module):
         return mlp.explain_parts()
     if hasattr(mlp, 'fc1') and hasattr(mlp, 'fc2'):
         return 'mlp', (mlp.fc1, mlp.fc2), {}
-    raise ValueError(f'{type(mlp).__name__} is not a KAN, group-rational or MLP feed-forward block')
+    raise ValueError(f'{type(mlp).__name__} is neither a KAN family\'s feed-forward block (explain_parts) nor an '
+                     'MLP (fc1, fc2)')
 
 
 class _InputSampler:
@@ -139,6 +140,7 @@ def record_blocks(model: nn.Module, images: torch.Tensor, max_rows: int = 1024, 
     records = []
     for b, block in enumerate(blocks):
         kind, maps, acts = _maps(block.mlp)
+        names = {id(m): n for n, m in block.mlp.named_modules()}
         layers = []
         for j, layer in enumerate(maps):
             raw_inputs = samplers[(b, j)].sample()
@@ -146,7 +148,7 @@ def record_blocks(model: nn.Module, images: torch.Tensor, max_rows: int = 1024, 
             # rows give them exactly
             inputs = layer.edge_inputs(raw_inputs.to(device)).cpu() if isinstance(layer, KANLinearBase) \
                 else raw_inputs
-            layers.append(LayerRecord(f'blocks.{b}.mlp.{"kan" if kind == "kan" else "fc"}{j + 1}', layer, inputs,
+            layers.append(LayerRecord(f'blocks.{b}.mlp.{names[id(layer)]}', layer, inputs,
                                       edge_importance(layer, inputs, raw_inputs), _outside(layer, inputs)))
         records.append(BlockRecord(b, kind, layers, acts, {k: samplers[(b, k)].sample() for k in acts}))
     return records

@@ -2,9 +2,9 @@
 
 Outputs in ``--out``: ``overview.png`` (every block's hidden units, next to a reference MLP ViT when one is
 given), ``edges_block{N}_layer{L}.png`` (the top-k edge functions of one layer with their symbolic fits; KAN
-layers), ``rational_block{N}.png`` (group-rational functions), ``importance.json`` (per block: hidden width,
-units holding 90% of the importance, unit scores, the top edges with their fits) and, with ``--prune``,
-``pruned/`` (a ``local-dir:`` folder) and the before/after figures.
+layers), ``{kind}_block{N}.png`` (a block's learned activations: ``rational_block{N}.png`` for group-rational),
+``importance.json`` (per block: hidden width, units holding 90% of the importance, unit scores, the top edges
+with their fits) and, with ``--prune``, ``pruned/`` (a ``local-dir:`` folder) and the before/after figures.
 """
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -16,7 +16,7 @@ from ..io import markdown_table, write_json_atomic
 from ..models import design_name
 from ..layers.base import KANLinearBase
 from .records import BlockRecord, record_blocks
-from .plots import plot_overview, plot_rational_groups, plot_top_edges
+from .plots import plot_group_activations, plot_overview, plot_top_edges
 
 __all__ = ['explain_model', 'summary_table', 'load_images', 'top1', 'finetune']
 
@@ -52,8 +52,8 @@ def explain_model(model: nn.Module, images: torch.Tensor, out_dir: Path, name: s
                                f'{name} block {block} layer {layer}: top {top_k} edges (input→output)')
         pictures.append(str(path))
     if chosen.activations:
-        path = out_dir / f'rational_block{block}.png'
-        plot_rational_groups(chosen.activations, chosen.activation_inputs, path, f'{name} block {block}')
+        path = out_dir / f'{chosen.kind}_block{block}.png'
+        plot_group_activations(chosen.activations, chosen.activation_inputs, path, f'{name} block {block}')
         pictures.append(str(path))
     summary = dict(model=name, design=design_name(name), pictures=pictures, block=block, layer=layer,
                    top_edges=edges, blocks=[_block_summary(r) for r in records])
@@ -95,7 +95,7 @@ def load_images(root: Path, classes: List[str], model: nn.Module, count: int = 2
     from timm.data import create_dataset, create_transform
 
     from ..accounting import model_data_config
-    from ..data import split_class_map
+    from ..data.split import split_class_map
     from ..images import rgb_transform
 
     dataset = create_dataset('', root=str(root), split=split, class_map=split_class_map(classes), input_img_mode=None,

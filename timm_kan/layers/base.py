@@ -1,19 +1,24 @@
 """Pieces shared by the KAN layers: the optional base branch and argument checks."""
 import math
-from typing import Callable, List, Optional, Sequence, Tuple, Type
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Type
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ['BaseBranch', 'KANLinearBase', 'COEFF_INITS', 'check_positive', 'check_range', 'fused_check_case',
-           'coefficient_parameters']
+__all__ = ['BaseBranch', 'KANLinearBase', 'COEFF_INITS', 'FUSED_HELP', 'HIDDEN_HELP', 'check_positive', 'check_range',
+           'fused_check_case', 'coefficient_parameters']
 
 # 'published': each family's published coefficient initialisation; 'variance': coefficients drawn so that
 # the basis expansion preserves variance, Var(y) = Var(x) = 1 for unit-normal edge inputs (the LeCun rule KAT
 # argues for), the base branch keeping its own initialisation
 COEFF_INITS = ('published', 'variance')
+
+# what the options every family with kernels / every block takes mean (the docs' option table is generated from
+# each layer's and block's argument_help)
+FUSED_HELP = 'Triton kernel (`True`), PyTorch reference (`False`), or the kernel on CUDA (`None`)'
+HIDDEN_HELP = "width between the two layers (default: timm's `mlp_ratio` x dim); a list gives each block its own"
 
 
 def coefficient_parameters(model: nn.Module) -> List[nn.Parameter]:
@@ -90,9 +95,16 @@ class KANLinearBase(nn.Module):
     initialisation hooks. Subclasses add their coefficients and ``reset_coefficients``.
 
     The layer computes ``y_o = sum_i phi_oi(x_i) + bias_o`` with ``phi_oi = basis expansion (+ base branch)``.
-    ``coefficient_names`` names the parameters of the basis expansion (see ``coefficient_parameters``).
+    ``coefficient_names`` names the parameters of the basis expansion (see ``coefficient_parameters``);
+    ``expansion_names`` those among them that, all zero, make the expansion vanish: ``kan_init='mlp'`` zeroes them,
+    so that the layer is its base branch.
     """
     coefficient_names: Tuple[str, ...] = ()
+    expansion_names: Tuple[str, ...] = ()
+    # what each constructor argument a create_model option sets means (subclasses add theirs)
+    argument_help: Dict[str, str] = {
+        'coeff_init': "coefficient init: `published` (the family's paper) or `variance` (Var(y) = Var(x) = 1 for "
+                      'N(0, 1) edge inputs, the LeCun rule KAT argues for)'}
     # the base branch reads the layer's raw input, not the edge input (RBF: its edge inputs are LayerNorm'd)
     base_on_raw_input = False
 

@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..kernels import register_check_case, use_fused
-from .base import KANLinearBase, check_positive, check_range, fused_check_case
+from .base import FUSED_HELP, KANLinearBase, check_positive, check_range, fused_check_case
 
 __all__ = ['BSplineKANLinear', 'b_spline_basis', 'uniform_knots', 'grid_is_uniform']
 
@@ -221,6 +221,9 @@ class BSplineKANLinear(KANLinearBase):
         return self.grid_size + self.spline_order
 
     coefficient_names = ('spline_weight', 'spline_scaler')
+    expansion_names = ('spline_weight',)
+    argument_help = dict(KANLinearBase.argument_help, grid_size='B-spline grid intervals (>= 1)',
+                         spline_order='spline order (>= 1)', grid_range="the grid's (low, high)", fused=FUSED_HELP)
 
     def knots(self, i: int) -> torch.Tensor:
         return self.grid[i].detach().cpu()

@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..kernels import register_check_case, use_fused
-from .base import KANLinearBase, check_positive, fused_check_case
+from .base import FUSED_HELP, KANLinearBase, check_positive, fused_check_case
 
 __all__ = ['ChebyshevKANLinear', 'chebyshev_basis', 'chebyshev_powers']
 
@@ -105,6 +105,8 @@ class ChebyshevKANLinear(KANLinearBase):
         self.reset_parameters()
 
     coefficient_names = ('coeffs',)
+    expansion_names = ('coeffs',)
+    argument_help = dict(KANLinearBase.argument_help, degree='highest Chebyshev degree (>= 1)', fused=FUSED_HELP)
 
     def reset_coefficients(self) -> None:
         # published: std 1 / (in * (degree + 1)), as the published Chebyshev KAN initialises its coefficients

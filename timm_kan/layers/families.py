@@ -1,23 +1,24 @@
 """The KAN families, one table entry each: what every other module (blocks, models, CLI, tables, bench,
-model cards) knows about a family comes from here.
+explain, pretrained loading, model cards) knows about a family comes from its entry and its layer's or block's
+methods.
 
-Adding a family means writing its layer file and one ``KANFamily`` entry in ``KAN_FAMILIES``; the model
-registry, ``create_model`` options, README tables and display names follow from the entry.
+Adding a family means writing its layer (or block) file and one ``KANFamily`` entry: ``register_family`` in
+``timm_kan.models`` adds it to ``KAN_FAMILIES`` and registers its models with timm; the registry, ``create_model``
+options, compare, bench, explain, the README tables and display names follow from the entry.
 """
 import inspect
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Type
+
+from torch import nn
 
 from .bspline import BSplineKANLinear
 from .chebyshev import ChebyshevKANLinear
 from .rational import GRKANMlp
 from .rbf import RBFKANLinear
 
-__all__ = ['KANFamily', 'KAN_FAMILIES', 'KAN_TYPES', 'family_of_type']
-
-# options of the block around the two KAN layers (KANMlp), shared by the KAN-layer families
-KAN_BLOCK_OPTIONS = ('kan_base', 'kan_mid_norm', 'kan_hidden')
+__all__ = ['KANFamily', 'KAN_FAMILIES', 'add_family', 'family_of_type']
 
 
 @dataclass(frozen=True)
@@ -28,12 +29,12 @@ class KANFamily:
         kan_type: Short type name (``KANMlp(kan_type=...)``, model cards).
         prefix: Model-name prefix registered with timm (``chebykan_vit`` -> ``chebykan_vit_base_patch16_224``).
         display: Human name used in tables, logs and model cards.
-        module: The module the family's options configure (its KAN layer; for group-rational, the block);
-            its signature holds the options' defaults.
-        layer_options: ``create_model`` option -> argument of ``module``.
-        block_options: Options of the surrounding block (``KAN_BLOCK_OPTIONS`` for KAN-layer families).
+        layer_options: ``create_model`` option -> argument of the module that takes it (``configured``).
         summary: Format string of the family's main options, e.g. ``'Chebyshev KAN, degree {degree}'``.
-        default_base: Base branch of the published form (``kan_base`` default); None for group-rational.
+        layer: The family's KAN linear layer (a ``KANLinearBase``), two of which ``KANMlp`` builds; None for a
+            family that brings its own block.
+        own_block: The family's feed-forward block when it is not ``KANMlp`` around ``layer`` (group-rational).
+        default_base: Base branch of the published form (``kan_base`` default) of a ``KANMlp`` family.
         notes: Extra words for an option the family refuses (why it has no such option).
         width_multiple_of: The option whose value every hidden width must be a multiple of (group-rational:
             ``groups``, its coefficient groups), for parameter matching and pruning; None: any width.
@@ -42,14 +43,50 @@ class KANFamily:
     kan_type: str
     prefix: str
     display: str
-    module: Callable
     layer_options: Mapping[str, str]
-    block_options: Tuple[str, ...]
     summary: str
+    layer: Optional[Type[nn.Module]] = None
+    own_block: Optional[Type[nn.Module]] = None
     default_base: Optional[str] = None
     notes: Mapping[str, str] = field(default_factory=dict)
     width_multiple_of: Optional[str] = None
     bench_name: str = ''
+
+    def __post_init__(self) -> None:
+        if (self.layer is None) == (self.own_block is None):
+            raise ValueError(f'KANFamily {self.kan_type!r}: give exactly one of layer (a KAN layer KANMlp builds '
+                             'twice) and own_block (a whole feed-forward block)')
+        if self.layer is not None and self.default_base is None:
+            raise ValueError(f'KANFamily {self.kan_type!r}: a KAN-layer family needs default_base (its published '
+                             'base branch)')
+
+    @property
+    def configured(self) -> Type[nn.Module]:
+        """The module the family's ``layer_options`` configure: its layer, or its own block."""
+        return self.layer or self.own_block
+
+    @property
+    def block_class(self) -> Type[nn.Module]:
+        """The class of the feed-forward block a ViT block builds: ``KANMlp``, or the family's own block."""
+        from .kan_mlp import KANMlp  # the block module reads this table
+
+        return self.own_block or KANMlp
+
+    @property
+    def block(self) -> Callable[..., nn.Module]:
+        """The feed-forward block a ViT block builds (``mlp_layer``): ``KANMlp`` around the family's layer, or the
+        family's own block."""
+        return self.own_block or partial(self.block_class, kan_type=self.kan_type)
+
+    @property
+    def block_options(self) -> Tuple[str, ...]:
+        """Options of the surrounding block (``kan_base``, ``kan_mid_norm``, ``kan_hidden`` for ``KANMlp``)."""
+        return self.block_class.block_options
+
+    @property
+    def mlp_init_options(self) -> Dict[str, Any]:
+        """The block options ``kan_init='mlp'`` needs to reproduce a pretrained MLP exactly."""
+        return dict(self.block_class.mlp_init_options)
 
     @property
     def has_kernel(self) -> bool:
@@ -59,14 +96,6 @@ class KANFamily:
     def bench_variant(self, fused: bool) -> str:
         """The bench row of the family's block: fused where it has kernels and ``fused``, else the reference."""
         return f'{self.bench_name} {"fused" if fused and self.has_kernel else "reference"}'
-
-    @property
-    def block(self) -> Callable:
-        """The feed-forward block a ViT block builds (``mlp_layer``): ``KANMlp`` around the family's layer, or the
-        family's own block."""
-        from .kan_mlp import KANMlp  # the block module reads this table
-
-        return partial(KANMlp, kan_type=self.kan_type) if 'kan_base' in self.block_options else self.module
 
     def width_multiple(self, options: Mapping[str, Any]) -> int:
         """What every hidden width must be a multiple of, under ``options`` (1: any width)."""
@@ -80,9 +109,22 @@ class KANFamily:
         return tuple(self.layer_options) + self.block_options
 
     def defaults(self) -> Dict[str, Any]:
-        """Default of each layer option, read from the signature that applies it (one source of truth)."""
-        params = inspect.signature(self.module).parameters
-        return {opt: params[arg].default for opt, arg in self.layer_options.items()}
+        """Default of every option, read from the signatures that apply them (one source of truth); the base
+        branch's is the family's published one."""
+        layer = inspect.signature(self.configured).parameters
+        block = inspect.signature(self.block_class).parameters
+        out = {opt: block[opt].default for opt in self.block_options}
+        if 'kan_base' in out:
+            out['kan_base'] = self.default_base
+        out.update({opt: layer[arg].default for opt, arg in self.layer_options.items()})
+        return out
+
+    def option_help(self) -> Dict[str, str]:
+        """What each option means, from the ``argument_help`` of the layer (or block) and the block that take it."""
+        layer, block = self.configured.argument_help, self.block_class.argument_help
+        out = {opt: block[opt] for opt in self.block_options}
+        out.update({opt: layer[arg] for opt, arg in self.layer_options.items()})
+        return out
 
     def layer_kwargs(self, options: Mapping[str, Any]) -> Dict[str, Any]:
         """Layer options renamed to the layer's own arguments (``kan_fused`` -> ``fused``)."""
@@ -93,28 +135,47 @@ class KANFamily:
         return self.summary.format(**dict(self.defaults(), **(options or {})))
 
 
-KAN_FAMILIES: Dict[str, KANFamily] = {f.kan_type: f for f in (
-    KANFamily('bspline', 'kan_vit', 'B-spline KAN', BSplineKANLinear,
-              dict(grid_size='grid_size', spline_order='spline_order', grid_range='grid_range',
-                   kan_coeff_init='coeff_init', kan_fused='fused'),
-              KAN_BLOCK_OPTIONS, 'B-spline KAN, grid {grid_size}, order {spline_order}', default_base='silu',
-              bench_name='bspline'),
-    KANFamily('chebyshev', 'chebykan_vit', 'Chebyshev KAN', ChebyshevKANLinear,
-              dict(degree='degree', kan_coeff_init='coeff_init', kan_fused='fused'),
-              KAN_BLOCK_OPTIONS, 'Chebyshev KAN, degree {degree}', default_base='none', bench_name='chebyshev'),
-    KANFamily('rbf', 'rbfkan_vit', 'RBF KAN', RBFKANLinear,
-              dict(grid_size='grid_size', rbf_basis='basis', grid_range='grid_range', kan_coeff_init='coeff_init'),
-              KAN_BLOCK_OPTIONS, 'RBF KAN, {grid_size} {rbf_basis} bases', default_base='silu',
-              notes=dict(kan_fused='there is no fused kernel for rbf KAN yet'), bench_name='rbf'),
-    KANFamily('rational', 'grkan_vit', 'group-rational KAN', GRKANMlp,
-              dict(groups='groups', kan_act_init='kan_act_init', kan_fused='kan_fused'),
-              ('kan_hidden',), 'group-rational KAN, {groups} groups', width_multiple_of='groups',
-              bench_name='group-rational'),
-)}
-KAN_TYPES = tuple(KAN_FAMILIES)
+KAN_FAMILIES: Dict[str, KANFamily] = {}
+
+
+def add_family(family: KANFamily) -> KANFamily:
+    """Add ``family`` to ``KAN_FAMILIES`` (``timm_kan.models.register_family`` also registers its models)."""
+    for other in KAN_FAMILIES.values():
+        if family.kan_type == other.kan_type or family.prefix == other.prefix:
+            raise ValueError(f'KANFamily {family.kan_type!r} (prefix {family.prefix!r}) clashes with the registered '
+                             f'{other.kan_type!r} (prefix {other.prefix!r})')
+    missing = [opt for opt in family.layer_options if family.layer_options[opt] not in family.configured.argument_help]
+    missing += [opt for opt in family.block_options if opt not in family.block_class.argument_help]
+    if missing:
+        raise ValueError(f'KANFamily {family.kan_type!r}: no help for option(s) {", ".join(missing)}; add each '
+                         f"argument's meaning to {family.configured.__name__}.argument_help")
+    KAN_FAMILIES[family.kan_type] = family
+    return family
 
 
 def family_of_type(kan_type: str) -> KANFamily:
     if kan_type not in KAN_FAMILIES:
-        raise ValueError(f'kan_type must be one of {KAN_TYPES}, got {kan_type!r}')
+        raise ValueError(f'kan_type must be one of {tuple(KAN_FAMILIES)}, got {kan_type!r}')
     return KAN_FAMILIES[kan_type]
+
+
+for _family in (
+        KANFamily('bspline', 'kan_vit', 'B-spline KAN',
+                  dict(grid_size='grid_size', spline_order='spline_order', grid_range='grid_range',
+                       kan_coeff_init='coeff_init', kan_fused='fused'),
+                  'B-spline KAN, grid {grid_size}, order {spline_order}', layer=BSplineKANLinear, default_base='silu',
+                  bench_name='bspline'),
+        KANFamily('chebyshev', 'chebykan_vit', 'Chebyshev KAN',
+                  dict(degree='degree', kan_coeff_init='coeff_init', kan_fused='fused'),
+                  'Chebyshev KAN, degree {degree}', layer=ChebyshevKANLinear, default_base='none',
+                  bench_name='chebyshev'),
+        KANFamily('rbf', 'rbfkan_vit', 'RBF KAN',
+                  dict(grid_size='grid_size', rbf_basis='basis', grid_range='grid_range', kan_coeff_init='coeff_init'),
+                  'RBF KAN, {grid_size} {rbf_basis} bases', layer=RBFKANLinear, default_base='silu',
+                  notes=dict(kan_fused='there is no fused kernel for rbf KAN yet'), bench_name='rbf'),
+        KANFamily('rational', 'grkan_vit', 'group-rational KAN',
+                  dict(groups='groups', kan_act_init='kan_act_init', kan_fused='kan_fused'),
+                  'group-rational KAN, {groups} groups', own_block=GRKANMlp, width_multiple_of='groups',
+                  bench_name='group-rational'),
+):
+    add_family(_family)

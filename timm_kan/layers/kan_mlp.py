@@ -1,10 +1,10 @@
 """KAN feed-forward block for timm's ViT ``Block``: two KAN layers in place of fc1 -> act -> fc2."""
-from typing import Any, Dict, Optional, Tuple, Type
+from typing import Any, Collection, Dict, Optional, Tuple, Type
 
 import torch
 from torch import nn
 
-from .base import check_positive
+from .base import HIDDEN_HELP, check_positive
 from .families import family_of_type
 
 __all__ = ['KANMlp', 'KAN_BASES', 'check_family_options']
@@ -43,6 +43,14 @@ class KANMlp(nn.Module):
         **layer_options: The family's own options (``KAN_FAMILIES[kan_type].layer_options``: degree,
             grid_size, spline_order, grid_range, rbf_basis, kan_fused); any other name is an error.
     """
+    # the block's own create_model options, and the values kan_init='mlp' needs to compute the MLP exactly (the
+    # 'mlp' base of KAN_BASES, and no mid norm between the layers)
+    block_options = ('kan_base', 'kan_mid_norm', 'kan_hidden')
+    mlp_init_options = {'kan_base': 'mlp', 'kan_mid_norm': False}
+    argument_help = {
+        'kan_base': 'base branch: ' + ', '.join(f'`{b}`' for b in KAN_BASES) + ' (`mlp`: identity / activation bases '
+                    'with biases, so that a pretrained MLP fits exactly)',
+        'kan_mid_norm': 'LayerNorm between the two KAN layers', 'kan_hidden': HIDDEN_HELP}
 
     def __init__(
             self,
@@ -64,8 +72,8 @@ class KANMlp(nn.Module):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
         family = family_of_type(kan_type)
-        if family.default_base is None:
-            raise ValueError(f'kan_type={kan_type!r} has no KAN layers; its block is {family.module.__name__}')
+        if family.layer is None:
+            raise ValueError(f'kan_type={kan_type!r} has no KAN layers; its block is {family.own_block.__name__}')
         check_family_options(kan_type, layer_options, 'KANMlp')
         kan_base = kan_base or family.default_base
         if kan_base not in KAN_BASES:
@@ -80,7 +88,7 @@ class KANMlp(nn.Module):
 
         layer_kwargs = dict(family.layer_kwargs(layer_options), bias=bias and kan_base == 'mlp', **dd)
         base1, base2 = {'none': (None, None), 'silu': (nn.SiLU, nn.SiLU), 'mlp': (nn.Identity, act_layer)}[kan_base]
-        self.kan1 = family.module(in_features, hidden_features, base_activation=base1, **layer_kwargs)
+        self.kan1 = family.layer(in_features, hidden_features, base_activation=base1, **layer_kwargs)
         self.drop1 = nn.Dropout(drop)
         if norm_layer is not None:
             self.norm = norm_layer(hidden_features, **dd)
@@ -88,8 +96,23 @@ class KANMlp(nn.Module):
             self.norm = nn.LayerNorm(hidden_features, **dd)
         else:
             self.norm = nn.Identity()
-        self.kan2 = family.module(hidden_features, out_features, base_activation=base2, **layer_kwargs)
+        self.kan2 = family.layer(hidden_features, out_features, base_activation=base2, **layer_kwargs)
         self.drop2 = nn.Dropout(drop)
+
+    @staticmethod
+    def structure_from_keys(keys: Collection[str], prefix: str) -> Optional[Dict[str, Any]]:
+        """The block options a checkpoint's key names show for the block at ``prefix`` (``'blocks.0.mlp.'``);
+        None when the keys are not a ``KANMlp``'s."""
+        if not any(k.startswith(prefix + 'kan1.') for k in keys):
+            return None
+        # only kan_base='mlp' layers carry a bias; 'silu' has a base weight without one; 'none' has neither
+        base = 'mlp' if prefix + 'kan1.bias' in keys else 'silu' if prefix + 'kan1.base.weight' in keys else 'none'
+        return dict(kan_base=base, kan_mid_norm=prefix + 'norm.weight' in keys)
+
+    @staticmethod
+    def adapt_checkpoint(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Checkpoints of other code bases in this block's layout: none are known, the keys stay."""
+        return state_dict
 
     def explain_parts(self) -> Tuple[str, Tuple[nn.Module, nn.Module], Dict[str, nn.Module]]:
         """What explain records: the kind, the two maps (the KAN layers) and the learned activations (none)."""

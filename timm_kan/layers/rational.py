@@ -10,14 +10,15 @@ package uses the form of KAT's GPU kernel, so that its checkpoints mean the same
 (The paper writes 1 + |sum b_i x^i|; KAT's CPU fallback 1 + sum |b_i| x^i can reach zero.) fc1/fc2 keep
 their names, so ViT weights load into them as they are.
 """
+import re
 from functools import partial
-from typing import Dict, Optional, Tuple, Type
+from typing import Any, Collection, Dict, Optional, Tuple, Type
 
 import torch
 from torch import nn
 
 from ..kernels import register_check_case, use_fused
-from .base import check_positive, fused_check_case
+from .base import FUSED_HELP, HIDDEN_HELP, check_positive, fused_check_case
 
 __all__ = ['GroupRational', 'GRKANMlp', 'RATIONAL_INITS']
 
@@ -161,6 +162,10 @@ class GroupRational(nn.Module):
         x = u.reshape(-1, 1, 1).expand(-1, self.groups, self.num_channels // self.groups).reshape(-1, self.num_channels)
         return self(x.to(self.numerator.dtype)).reshape(len(u), self.groups, -1)[..., 0].T.float()
 
+    def initial_functions(self, u: torch.Tensor) -> torch.Tensor:
+        """Each group's phi at initialisation (its ``init`` fit) on the values u (n,) -> (groups, n)."""
+        return GroupRational(self.groups, self.groups, self.init).group_functions(u.cpu())
+
     def _scaled_form(self, xg: torch.Tensor) -> torch.Tensor:
         """P / Q on any input: the direct form for |x| <= 1, the x^-4-scaled form elsewhere (autograd)."""
         dtype = xg.dtype
@@ -182,6 +187,10 @@ class GroupRational(nn.Module):
         return f'num_channels={self.num_channels}, groups={self.groups}, order=(5, 4), init={self.init}'
 
 
+# the rational activations' keys in KAT's released checkpoints
+_KAT_RATIONAL = re.compile(r'^(blocks\.\d+\.mlp\.act[12])\.weight_(numerator|denominator)$')
+
+
 class GRKANMlp(nn.Module):
     """``fc2(act2(fc1(act1(x))))`` with group-rational activations; timm ``Block`` signature.
 
@@ -193,6 +202,12 @@ class GRKANMlp(nn.Module):
         kan_act_init: Initial function of act2, 'gelu' or 'silu' (default: from ``act_layer``).
         kan_fused: Triton kernel for the rationals (True), PyTorch (False), or the kernel on CUDA (None).
     """
+    # fc1/fc2 keep a ViT's names and act1 starts as the identity, so kan_init='mlp' needs no other options
+    block_options = ('kan_hidden',)
+    mlp_init_options: Dict[str, Any] = {}
+    argument_help = {'groups': 'rational coefficient groups per activation (every hidden width is a multiple)',
+                     'kan_act_init': "phi2's initial fit, `gelu` or `silu` (`None`: from `act_layer`)",
+                     'kan_fused': FUSED_HELP, 'kan_hidden': HIDDEN_HELP}
 
     def __init__(
             self,
@@ -228,6 +243,31 @@ class GRKANMlp(nn.Module):
         self.norm = norm_layer(hidden_features, **dd) if norm_layer is not None else nn.Identity()
         self.drop2 = nn.Dropout(drop)
         self.fc2 = nn.Linear(hidden_features, out_features, bias=bias, **dd)
+
+    @staticmethod
+    def structure_from_keys(keys: Collection[str], prefix: str) -> Optional[Dict[str, Any]]:
+        """The block options a checkpoint's key names show for the block at ``prefix`` (none: the block has no
+        structure options); None when the keys are not a ``GRKANMlp``'s (or KAT's)."""
+        return {} if any(k.startswith(prefix + 'act1.') for k in keys) else None
+
+    @staticmethod
+    def adapt_checkpoint(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """KAT's released checkpoints in this block's layout: its ``actN.weight_numerator`` (1, 6), one numerator
+        shared by all groups, and ``actN.weight_denominator`` (groups, 4) become the per-group ``actN.numerator``
+        (groups, 6) and ``actN.denominator``; the rational form is the same (KAT's GPU kernel)."""
+        if not any(_KAT_RATIONAL.match(k) for k in state_dict):
+            return state_dict
+        out = {}
+        for k, v in state_dict.items():
+            m = _KAT_RATIONAL.match(k)
+            if m is None:
+                out[k] = v
+            elif m.group(2) == 'numerator':
+                groups = state_dict[f'{m.group(1)}.weight_denominator'].shape[0]
+                out[f'{m.group(1)}.numerator'] = v.reshape(-1, v.shape[-1]).expand(groups, -1).clone()
+            else:
+                out[f'{m.group(1)}.denominator'] = v
+        return out
 
     def explain_parts(self) -> Tuple[str, Tuple[nn.Module, nn.Module], Dict[str, nn.Module]]:
         """What explain records: the kind, the two maps (linear here) and the learned activations."""

@@ -107,6 +107,10 @@ class RBFKANLinear(KANLinearBase):
         self.reset_parameters()
 
     coefficient_names = ('spline_weight',)
+    expansion_names = ('spline_weight',)
+    argument_help = dict(KANLinearBase.argument_help, grid_size='RBF centres (>= 1)',
+                         basis='radial basis: ' + ', '.join(f'`{b}`' for b in RBF_BASES),
+                         grid_range="the centres' (low, high)")
     base_on_raw_input = True
 
     def knots(self, i: int) -> torch.Tensor:

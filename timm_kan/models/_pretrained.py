@@ -19,13 +19,13 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, FrozenSet, Iterable, List, Optional, Tuple
+from typing import Any, Collection, Dict, FrozenSet, Iterable, List, Optional, Tuple
 
 import torch
 from torch import nn
 from timm.models.vision_transformer import VisionTransformer, _load_weights, checkpoint_filter_fn
 
-from ..layers import GRKANMlp, KANMlp
+from ..layers import KAN_FAMILIES
 
 __all__ = [
     'CheckpointError', 'KAN_INITS', 'LoadReport',
@@ -37,10 +37,7 @@ _logger = logging.getLogger(__name__)
 KAN_INITS = ('mlp', 'random')
 HEAD_PREFIXES = ('head.', 'pre_logits.')
 _MLP_KEY = re.compile(r'^(blocks\.\d+\.mlp)\.fc([12])\.(weight|bias)$')
-# KAN coefficient tensors that kan_init='mlp' sets to zero (Chebyshev, B-spline, RBF)
-_KAN_COEFFS = ('.coeffs', '.spline_weight')
-# KAT's released checkpoints: one numerator shared by all groups, a denominator per group
-_KAT_RATIONAL = re.compile(r'^(blocks\.\d+\.mlp\.act[12])\.weight_(numerator|denominator)$')
+_FIRST_BLOCK = 'blocks.0.mlp.'
 
 
 class CheckpointError(RuntimeError):
@@ -63,9 +60,19 @@ def _model_name(model: nn.Module) -> str:
     return (getattr(model, 'pretrained_cfg', None) or {}).get('architecture', type(model).__name__)
 
 
+def _block_classes() -> Tuple[type, ...]:
+    """The feed-forward block classes of the registered families (``KANMlp`` and the families' own blocks)."""
+    return tuple(dict.fromkeys(f.block_class for f in KAN_FAMILIES.values()))
+
+
 def kan_ffn_prefixes(model: nn.Module) -> List[str]:
     """State-dict prefixes ('blocks.3.mlp.') of the KAN feed-forward blocks."""
-    return [f'{name}.' for name, m in model.named_modules() if isinstance(m, (KANMlp, GRKANMlp))]
+    return [f'{name}.' for name, m in model.named_modules() if isinstance(m, _block_classes())]
+
+
+def _expansion_keys(model: nn.Module) -> FrozenSet[str]:
+    """The state-dict keys ``kan_init='mlp'`` zeroes: each KAN layer's ``expansion_names``."""
+    return frozenset(f'{name}.{p}' for name, m in model.named_modules() for p in getattr(m, 'expansion_names', ()))
 
 
 def describe_keys(keys: Iterable[str], limit: int = 8) -> str:
@@ -74,8 +81,14 @@ def describe_keys(keys: Iterable[str], limit: int = 8) -> str:
     return ', '.join(keys[:limit]) + more
 
 
-def _holds_kan_layers(keys: Iterable[str]) -> bool:
-    return any('.mlp.kan1.' in k or '.mlp.act1.' in k or _KAT_RATIONAL.match(k) for k in keys)
+def _kan_structure(keys: Collection[str]) -> Optional[Dict[str, Any]]:
+    """The block options the first block's keys show (each block class reads its own layout); None when the keys
+    hold no KAN block."""
+    for cls in _block_classes():
+        structure = cls.structure_from_keys(keys, _FIRST_BLOCK)
+        if structure is not None:
+            return structure
+    return None
 
 
 def _unwrap_checkpoint(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -91,12 +104,11 @@ class CheckpointPeek:
     """What a checkpoint file's key names and shapes say, read without loading its tensors.
 
     ``layout`` is 'vit' or 'kan' (None: unreadable this way, the load itself then reports what is wrong);
-    for a KAN checkpoint ``kan_base`` and ``kan_mid_norm`` are the block structure its keys show.
+    for a KAN checkpoint ``structure`` holds the block options its keys show (``kan_base``, ``kan_mid_norm``).
     """
     layout: Optional[str] = None
     head_classes: Optional[int] = None
-    kan_base: Optional[str] = None
-    kan_mid_norm: Optional[bool] = None
+    structure: Dict[str, Any] = field(default_factory=dict)
 
 
 def _read_key_shapes(path: Path) -> Dict[str, Tuple[int, ...]]:
@@ -118,14 +130,8 @@ def peek_checkpoint(path: str) -> CheckpointPeek:
     except Exception:  # any unreadable file: the real load raises the CheckpointError that names it
         return CheckpointPeek()
     head = shapes['head.weight'][0] if 'head.weight' in shapes else None
-    if not _holds_kan_layers(shapes):
-        return CheckpointPeek('vit', head)
-    block = 'blocks.0.mlp.'
-    # only kan_base='mlp' layers carry a bias; 'silu' has a base weight without one; 'none' has neither
-    base = ('mlp' if block + 'kan1.bias' in shapes else 'silu' if block + 'kan1.base.weight' in shapes
-            else 'none' if block + 'kan1.coeffs' in shapes or block + 'kan1.spline_weight' in shapes else None)
-    mid_norm = (block + 'norm.weight' in shapes) if base is not None else None
-    return CheckpointPeek('kan', head, base, mid_norm)
+    structure = _kan_structure(shapes)
+    return CheckpointPeek('vit', head) if structure is None else CheckpointPeek('kan', head, structure)
 
 
 def kan_checkpoint_filter_fn(
@@ -158,12 +164,13 @@ def kan_checkpoint_filter_fn(
         raise CheckpointError(
             f'{source} is not a ViT or KAN-ViT checkpoint: expected keys like blocks.0.attn.qkv.weight and '
             f'blocks.0.mlp.fc1.weight, found {describe_keys(state_dict.keys(), 5) or "no tensors"}')
-    state_dict = _from_kat_layout(state_dict)
+    for cls in _block_classes():  # other code bases' checkpoints (KAT's) in the blocks' own layouts
+        state_dict = cls.adapt_checkpoint(state_dict)
     if getattr(model, 'pos_embed_type', 'learn') == 'sincos2d' and 'pos_embed' in state_dict:
         _logger.warning(f'{source}: its learned pos_embed {tuple(state_dict["pos_embed"].shape)} is not loaded: '
                         f'{_model_name(model)} uses fixed sincos2d position embeddings')
         state_dict = {k: v for k, v in state_dict.items() if k != 'pos_embed'}
-    layout = 'kan' if _holds_kan_layers(state_dict) else 'vit'
+    layout = 'vit' if _kan_structure(state_dict) is None else 'kan'
     if layout == 'kan' and kan_init == 'mlp':
         raise CheckpointError(
             f"{source} already holds KAN layers; kan_init='mlp' adapts a ViT's MLP. Load it with "
@@ -276,13 +283,13 @@ def _complete(
 ) -> None:
     """Fill what the checkpoint does not carry: fresh KAN layers and head are expected, anything else is not."""
     fresh_prefixes = tuple(kan_ffn_prefixes(model)) if layout == 'vit' else ()
+    zeroed = _expansion_keys(model) if kan_init == 'mlp' else frozenset()
     missing = []
     for k, v in expected.items():
         if k in sd:
             continue
         if k.startswith(fresh_prefixes) or k.startswith(HEAD_PREFIXES):
-            zero = kan_init == 'mlp' and k.endswith(_KAN_COEFFS)
-            sd[k] = torch.zeros_like(v) if zero else v.detach().clone()
+            sd[k] = torch.zeros_like(v) if k in zeroed else v.detach().clone()
         else:
             missing.append(k)
     if not missing:
@@ -295,24 +302,6 @@ def _complete(
         f'{source}: tensors missing from the checkpoint keep their initialisation: {describe_keys(missing)}')
     for k in missing:
         sd[k] = expected[k].detach().clone()
-
-
-def _from_kat_layout(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """KAT's ``actN.weight_numerator`` (1, 6) / ``actN.weight_denominator`` (groups, 4) to this package's
-    per-group ``actN.numerator`` (groups, 6) / ``actN.denominator``; same rational form (KAT's GPU kernel)."""
-    if not any(_KAT_RATIONAL.match(k) for k in state_dict):
-        return state_dict
-    out = {}
-    for k, v in state_dict.items():
-        m = _KAT_RATIONAL.match(k)
-        if m is None:
-            out[k] = v
-        elif m.group(2) == 'numerator':
-            groups = state_dict[f'{m.group(1)}.weight_denominator'].shape[0]
-            out[f'{m.group(1)}.numerator'] = v.reshape(-1, v.shape[-1]).expand(groups, -1).clone()
-        else:
-            out[f'{m.group(1)}.denominator'] = v
-    return out
 
 
 def _read_npz(path: str, prefix: str) -> Tuple[int, Dict[str, torch.Tensor], Dict[str, Tuple[int, ...]]]:
@@ -342,13 +331,14 @@ def _read_npz(path: str, prefix: str) -> Tuple[int, Dict[str, torch.Tensor], Dic
     return head_classes, pre_logits, shapes
 
 
-def load_npz_into_kan_vit(model: nn.Module, checkpoint_path: str, filter_fn, prefix: str = '') -> None:
+def load_npz_into_kan_vit(model: nn.Module, checkpoint_path: str, filter_fn, resample: bool = False,
+                          prefix: str = '') -> None:
     """Load a Google ``.npz`` ViT checkpoint: timm's npz reader fills a plain ViT, then ``filter_fn`` (the
     builder's bound ``kan_checkpoint_filter_fn``) maps it. timm's reader resamples position embeddings itself,
-    so sizes are checked on the file's own arrays first (unless the filter was bound with ``resample=True``)."""
+    so sizes are checked on the file's own arrays first (unless ``resample``)."""
     path = str(checkpoint_path)
     head_classes, pre_logits, shapes = _read_npz(path, prefix)
-    if not getattr(filter_fn, 'keywords', {}).get('resample', False):
+    if not resample:
         check_embedding_sizes(shapes, model, path)
     vit_args = {k: v for k, v in model.vit_args.items() if k not in ('device', 'dtype')}
     vit = VisionTransformer(weight_init='skip', **dict(vit_args, num_classes=head_classes))

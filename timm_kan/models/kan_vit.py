@@ -17,6 +17,7 @@ The 56 entry points (4 families x 7 sizes, each under its full name and a short 
 ``chebykan_vit_b16``) are generated from ``KAN_FAMILIES`` and ``_ARCHS``: a new family or size is one
 table entry, and every entry point gets a docstring saying what it builds.
 """
+import contextvars
 import difflib
 import inspect
 import pickle
@@ -30,7 +31,7 @@ from timm.layers import get_act_layer
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer, _cfg
 
-from ..layers import KAN_FAMILIES, POS_EMBEDS, KANFamily, KANMlp, family_of_type, sincos2d_pos_embed
+from ..layers import KAN_FAMILIES, POS_EMBEDS, KANFamily, add_family, family_of_type, sincos2d_pos_embed
 from ..layers.pos_embed import check_sincos2d
 from ..layers.base import check_range
 from ._freeze import FREEZE_POLICIES, apply_freeze_policy
@@ -38,7 +39,7 @@ from .names import family_of_model
 from ._pretrained import (
     KAN_INITS, CheckpointError, LoadReport, kan_checkpoint_filter_fn, load_npz_into_kan_vit, peek_checkpoint)
 
-__all__ = ['KANVisionTransformer', 'architecture_kwargs', 'ARCHS']
+__all__ = ['KANVisionTransformer', 'architecture_kwargs', 'register_family', 'ARCHS']
 
 # architecture name -> (ViT arguments, short alias, in21k weights in timm's hub org, classes of that head)
 ARCHS = {
@@ -63,40 +64,66 @@ _BUILDER_KWARGS = {
     'pretrained_cfg', 'pretrained_cfg_overlay', 'cache_dir', 'pretrained_model_args', 'features_only',
     'out_indices', 'feature_cls', 'output_fmt', 'flatten_sequential', 'pruned', 'kwargs_filter',
 }
-# how a checkpoint is adapted and what trains: load-time options, not part of the architecture
-ADAPTER_KWARGS = ('kan_init', 'freeze', 'pretrained_strict', 'pretrained_resample')
+# how a checkpoint is adapted and what trains: load-time options, not part of the architecture (option ->
+# (its default, what it means), for the docs' option table)
+ADAPTER_KWARGS: Dict[str, Tuple[str, str]] = {
+    'kan_init': ('`mlp` when adapting a ViT, `random` for KAN checkpoints',
+                 '`mlp`: start as the pretrained MLP; `random`: fresh KAN layers'),
+    'freeze': ('`backbone` when adapting a ViT, else `none`', ', '.join(f'`{p}`' for p in FREEZE_POLICIES)),
+    'pretrained_strict': ('`True`', 'refuse checkpoint tensors that have no place in the model'),
+    'pretrained_resample': ('`True` when `img_size`/`patch_size` is given, else `False`',
+                            "resample a checkpoint's patch / position embeddings made for another size"),
+}
 _RESERVED_VIT_KWARGS = {'mlp_layer', 'block_fn'}
-_ALL_KAN_OPTIONS = sorted({o for f in KAN_FAMILIES.values() for o in f.options})
 # errors of reading a checkpoint that are reported as CheckpointError naming the file
 _LOAD_ERRORS = (OSError, EOFError, KeyError, RuntimeError, pickle.UnpicklingError, SafetensorError)
 
 
+# the Google .npz loader of the build in progress (timm hands .npz files to the model's load_pretrained, which
+# takes no options): the builder's bound filter and resample flag, never stored on the model
+_NPZ_LOADER: contextvars.ContextVar[Optional[Callable]] = contextvars.ContextVar('timm_kan_npz_loader', default=None)
+
+
 class KANVisionTransformer(VisionTransformer):
-    """timm ``VisionTransformer`` whose blocks use ``KANMlp`` (or ``GRKANMlp`` for group-rational KAN).
+    """timm ``VisionTransformer`` whose blocks use the family's feed-forward block (``KANMlp``, or the family's own
+    block such as ``GRKANMlp``).
 
     Args:
-        kan_args: ``kan_type`` and the family's resolved options (``KAN_FAMILIES[kan_type].options``).
-        npz_filter: The bound checkpoint filter used by ``load_pretrained`` for Google ``.npz`` files
-            (timm hands those to the model itself).
+        kan_args: ``kan_type`` and the family's resolved options (``KAN_FAMILIES[kan_type].options``); a
+            ``kan_hidden`` list gives each block its own width (a pruned model).
+        pos_embed: timm's ``'learn'`` / ``'none'``, or ``'sincos2d'`` (fixed 2-D sin-cos table, patch tokens only).
         **kwargs: ``VisionTransformer`` arguments.
     """
 
-    def __init__(self, kan_args: Dict[str, Any], npz_filter: Optional[Callable] = None, pos_embed: str = 'learn',
-                 **kwargs) -> None:
+    def __init__(self, kan_args: Dict[str, Any], pos_embed: str = 'learn', **kwargs) -> None:
         if pos_embed not in POS_EMBEDS:
             raise ValueError(f'pos_embed must be one of {POS_EMBEDS}, got {pos_embed!r}')
         self.kan_args = dict(kan_args)
         self.vit_args = dict(kwargs)  # a plain ViT of this shape reads Google .npz files (learned pos_embed)
         options = dict(kan_args)
-        block = family_of_type(options.pop('kan_type')).block
-        super().__init__(mlp_layer=_per_block_widths(partial(block, **options), kwargs.get('depth', 12)),
-                         pos_embed='none' if pos_embed == 'sincos2d' else pos_embed, **kwargs)
+        block = partial(family_of_type(options.pop('kan_type')).block, **options)
+        widths = _block_widths(options.get('kan_hidden'), kwargs.get('depth', 12))
+        weight_init = kwargs.pop('weight_init', '')
+        timm_args: List[Tuple[tuple, dict]] = []
+
+        def first_width_block(*args, **kw):  # timm passes every block's mlp_layer the same arguments: keep them
+            timm_args[:] = [(args, kw)]
+            return block(*args, **(dict(kw, kan_hidden=widths[0]) if widths else kw))
+
+        super().__init__(mlp_layer=first_width_block, pos_embed='none' if pos_embed == 'sincos2d' else pos_embed,
+                         weight_init='skip', **kwargs)
+        for blk, width in zip(self.blocks, widths or ()):  # the other widths of a pruned model
+            if width != widths[0]:
+                args, kw = timm_args[0]
+                blk.mlp = block(*args, **dict(kw, kan_hidden=width))
+        self.weight_init_mode = 'reset' if weight_init == 'skip' else weight_init
+        if weight_init != 'skip':  # timm's init, after every block has its width
+            self.init_weights(needs_reset=False)
         self.pos_embed_type = pos_embed
         if pos_embed == 'sincos2d':
             check_sincos2d(self.embed_dim, self.patch_embed.img_size, self.patch_embed.patch_size)
             # fixed, so not trained and not in the state dict: a checkpoint never has to carry it
             self.register_buffer('sincos_pos_embed', self._sincos_table(), persistent=False)
-        self.npz_filter = npz_filter or kan_checkpoint_filter_fn
         self.pretrained_load: Optional[LoadReport] = None
 
     def _sincos_table(self) -> torch.Tensor:
@@ -139,24 +166,20 @@ class KANVisionTransformer(VisionTransformer):
         return hidden_widths(self)
 
     def load_pretrained(self, checkpoint_path: str, prefix: str = '') -> None:
-        """Load Google's original ``.npz`` ViT checkpoints (timm's ``custom_load`` path)."""
-        load_npz_into_kan_vit(self, checkpoint_path, self.npz_filter, prefix)
+        """Load Google's original ``.npz`` ViT checkpoints (timm's ``custom_load`` path), with the options of the
+        ``create_model`` call in progress (outside one: a KAN-ViT or ViT checkpoint as it is, sizes checked)."""
+        load = _NPZ_LOADER.get() or partial(load_npz_into_kan_vit, filter_fn=kan_checkpoint_filter_fn)
+        load(self, checkpoint_path, prefix=prefix)
 
 
-def _per_block_widths(block: Callable, depth: int) -> Callable:
-    """timm's ViT builds its blocks in order, each calling ``mlp_layer`` once: a ``kan_hidden`` list gives block
-    i the i-th width (a pruned model), a single value every block the same."""
-    widths = block.keywords.get('kan_hidden')
-    if not isinstance(widths, (list, tuple)):
-        return block
-    if len(widths) != depth:
-        raise ValueError(f'kan_hidden has {len(widths)} widths for {depth} blocks: give one per block or a single one')
-    remaining = iter(widths)
-
-    def make(*args, **kwargs):
-        return block(*args, **dict(kwargs, kan_hidden=next(remaining)))
-
-    return make
+def _block_widths(kan_hidden: Any, depth: int) -> Optional[List[int]]:
+    """One width per block from a ``kan_hidden`` list (a pruned model); None for a single width (every block)."""
+    if not isinstance(kan_hidden, (list, tuple)):
+        return None
+    if len(kan_hidden) != depth:
+        raise ValueError(f'kan_hidden has {len(kan_hidden)} widths for {depth} blocks: give one per block or a '
+                         'single one')
+    return list(kan_hidden)
 
 
 @dataclass
@@ -176,10 +199,18 @@ def architecture_kwargs(model_name: str, kwargs: Dict[str, Any]) -> Dict[str, An
     """
     out = {k: v for k, v in kwargs.items() if k not in ADAPTER_KWARGS}
     family = family_of_model(model_name)
-    if family is not None and kwargs.get('kan_init') == 'mlp' and 'kan_base' in family.options:
-        out.setdefault('kan_base', 'mlp')
-        out.setdefault('kan_mid_norm', False)
-    return out
+    return _with_mlp_init_options(family, out) if family is not None and kwargs.get('kan_init') == 'mlp' else out
+
+
+def _with_mlp_init_options(family: KANFamily, options: Dict[str, Any]) -> Dict[str, Any]:
+    """``options`` with the block options ``kan_init='mlp'`` needs to reproduce the pretrained MLP exactly (the
+    family's ``mlp_init_options``); another value given for one of them is an error."""
+    for key, needed in family.mlp_init_options.items():
+        if options.get(key, needed) != needed:
+            raise ValueError(
+                f"kan_init='mlp' reproduces the pretrained MLP exactly only with {key}={needed!r}, "
+                f"got {key}={options[key]!r}; pass kan_init='random' to use {key}={options[key]!r}")
+    return dict(options, **family.mlp_init_options)
 
 
 def _check_kwargs(variant: str, family: KANFamily, kwargs: Dict[str, Any]) -> None:
@@ -189,7 +220,7 @@ def _check_kwargs(variant: str, family: KANFamily, kwargs: Dict[str, Any]) -> No
     for key in kwargs:
         if key in own or key in allowed_vit or key in _BUILDER_KWARGS:
             continue
-        if key in _ALL_KAN_OPTIONS:
+        if any(key in f.options for f in KAN_FAMILIES.values()):
             others = [f'{f.prefix}_*' for f in KAN_FAMILIES.values() if key in f.options]
             raise ValueError(
                 f'{variant}: option {key!r} belongs to the {" / ".join(others)} famil'
@@ -205,24 +236,23 @@ def _file_overlay(kwargs: Dict[str, Any]) -> Optional[str]:
     return (kwargs.get('pretrained_cfg_overlay') or {}).get('file')
 
 
-def _adapter_options(pretrained: bool, kwargs: Dict[str, Any]) -> _AdapterOptions:
-    """Pop the load-time options and choose ``kan_init``'s default from what will be loaded.
+def _adapter_options(pretrained: bool, kwargs: Dict[str, Any]) -> Tuple[_AdapterOptions, Dict[str, Any]]:
+    """The load-time options, ``kan_init``'s default chosen from what will be loaded, and the other kwargs.
 
     A rebuild from this package's export (``hf-hub:``/``local-dir:``) or a file that holds KAN layers loads
-    KAN weights (``'random'`` structure); a ViT checkpoint is adapted (``'mlp'``). Load-time options an
-    export recorded describe how its source was adapted, not this load: they are dropped.
+    KAN weights (``'random'`` structure, and a file's block structure unless the user gives it); a ViT checkpoint
+    is adapted (``'mlp'``). Load-time options an export recorded describe how its source was adapted, not this
+    load: they are dropped.
     """
     recorded = kwargs.get('pretrained_model_args') or {}
-    for key in ADAPTER_KWARGS:
-        if key in recorded and kwargs.get(key) == recorded[key]:
-            kwargs.pop(key)
-    kan_init, freeze = kwargs.pop('kan_init', None), kwargs.pop('freeze', None)
-    strict = kwargs.pop('pretrained_strict', True)
+    asked = {k: kwargs[k] for k in ADAPTER_KWARGS if k in kwargs and not (k in recorded and kwargs[k] == recorded[k])}
+    rest = {k: v for k, v in kwargs.items() if k not in ADAPTER_KWARGS}
+    kan_init, freeze = asked.get('kan_init'), asked.get('freeze')
     # timm resamples embeddings to an img_size/patch_size the user asks for; a size that only comes from the
     # architecture's defaults is not a request, and a checkpoint of another size is then an error
-    resample = kwargs.pop('pretrained_resample', None)
+    resample = asked.get('pretrained_resample')
     if resample is None:
-        resample = 'img_size' in kwargs or 'patch_size' in kwargs
+        resample = 'img_size' in rest or 'patch_size' in rest
     if kan_init is not None and kan_init not in KAN_INITS:
         raise ValueError(f'kan_init must be one of {KAN_INITS}, got {kan_init!r}')
     if freeze is not None and freeze not in FREEZE_POLICIES:
@@ -230,51 +260,43 @@ def _adapter_options(pretrained: bool, kwargs: Dict[str, Any]) -> _AdapterOption
     if kan_init == 'mlp' and not pretrained:
         raise ValueError("kan_init='mlp' copies a pretrained MLP into the KAN layers; it needs pretrained=True")
     if kan_init is None:
-        structure = _kan_file_structure(kwargs) if pretrained and not recorded else None
+        structure = _kan_file_structure(rest) if pretrained and not recorded else None
         if structure is not None:  # the file loads exactly as it was saved unless the user says otherwise
-            for key, value in structure.items():
-                kwargs.setdefault(key, value)
-        from_kan = bool(recorded) or structure is not None
-        kan_init = 'mlp' if pretrained and not from_kan else 'random'
-    return _AdapterOptions(kan_init, freeze, strict, resample)
+            rest = dict(structure, **rest)
+        kan_init = 'mlp' if pretrained and not (recorded or structure is not None) else 'random'
+    return _AdapterOptions(kan_init, freeze, asked.get('pretrained_strict', True), resample), rest
 
 
 def _kan_file_structure(kwargs: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-    """None unless the file overlay holds KAN layers; then the block structure its keys show (``kan_base``,
-    ``kan_mid_norm``; empty for group-rational blocks, which have no such options)."""
+    """None unless the file overlay holds KAN layers; then the block options its keys show (``kan_base``,
+    ``kan_mid_norm``; none for a block without such options)."""
     path = _file_overlay(kwargs)
     peek = peek_checkpoint(path) if path else None
-    if peek is None or peek.layout != 'kan':
-        return None
-    return dict(kan_base=peek.kan_base, kan_mid_norm=peek.kan_mid_norm) if peek.kan_base is not None else {}
+    return peek.structure if peek is not None and peek.layout == 'kan' else None
 
 
-def _kan_args(family: KANFamily, kan_init: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
-    """Pop the family's options from ``kwargs`` and resolve them: the defaults of ``family.module``, and the
-    structure ``kan_init='mlp'`` needs to reproduce the MLP exactly (identity/activation bases, no mid norm)."""
-    options = {k: kwargs.pop(k) for k in family.options if k in kwargs}
+def _kan_args(family: KANFamily, kan_init: str, kwargs: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """(the family's options resolved, the ViT's kwargs): the family's defaults overridden by the user's, and the
+    structure ``kan_init='mlp'`` needs to reproduce the MLP exactly."""
+    options = {k: v for k, v in kwargs.items() if k in family.options}
     if 'grid_range' in options:
         options['grid_range'] = check_range('grid_range', options['grid_range'])
-    if 'kan_base' in family.options:  # a KANMlp block: the base branch is what kan_init='mlp' copies into
-        if kan_init == 'mlp':
-            for key, needed in (('kan_base', 'mlp'), ('kan_mid_norm', False)):
-                if options.get(key, needed) != needed:
-                    raise ValueError(
-                        f"kan_init='mlp' reproduces the pretrained MLP exactly only with {key}={needed!r}, "
-                        f"got {key}={options[key]!r}; pass kan_init='random' to use {key}={options[key]!r}")
-                options[key] = needed
-        options.setdefault('kan_base', family.default_base)
-        options.setdefault('kan_mid_norm', inspect.signature(KANMlp).parameters['kan_mid_norm'].default)
-    return dict(family.defaults(), kan_type=family.kan_type, **options)
+    if kan_init == 'mlp':
+        options = _with_mlp_init_options(family, options)
+    vit_args = {k: v for k, v in kwargs.items() if k not in family.options}
+    if 'act_layer' in vit_args:
+        vit_args['act_layer'] = get_act_layer(vit_args['act_layer'])
+    return dict(family.defaults(), kan_type=family.kan_type, **options), vit_args
 
 
-def _head_classes_from_file(kwargs: Dict[str, Any]) -> None:
+def _with_file_head_classes(kwargs: Dict[str, Any]) -> Dict[str, Any]:
     """A file overlay without ``num_classes`` takes its head's class count, so that timm keeps a head that fits."""
     overlay = kwargs.get('pretrained_cfg_overlay')
     if overlay and overlay.get('file') and 'num_classes' not in overlay:
         head = peek_checkpoint(overlay['file']).head_classes
         if head:
-            kwargs['pretrained_cfg_overlay'] = dict(overlay, num_classes=head)
+            return dict(kwargs, pretrained_cfg_overlay=dict(overlay, num_classes=head))
+    return kwargs
 
 
 def _build(variant: str, pretrained: bool, adapter: _AdapterOptions, kan_args: Dict[str, Any],
@@ -290,11 +312,13 @@ def _build(variant: str, pretrained: bool, adapter: _AdapterOptions, kan_args: D
         constructed.append(KANVisionTransformer(**kw))
         return constructed[-1]
 
+    vit_args = dict(vit_args)
+    feature_cfg = dict(out_indices=vit_args.pop('out_indices', 3), feature_cls='getter')
+    npz_loader = _NPZ_LOADER.set(partial(load_npz_into_kan_vit, filter_fn=filter_fn, resample=adapter.resample))
     try:
         model = build_model_with_cfg(
             construct, variant, pretrained, pretrained_filter_fn=filter_fn, pretrained_strict=adapter.strict,
-            feature_cfg=dict(out_indices=vit_args.pop('out_indices', 3), feature_cls='getter'),
-            kan_args=kan_args, npz_filter=filter_fn, **vit_args)
+            feature_cfg=feature_cfg, kan_args=kan_args, **vit_args)
     except CheckpointError:
         raise
     except _LOAD_ERRORS as e:
@@ -304,6 +328,8 @@ def _build(variant: str, pretrained: bool, adapter: _AdapterOptions, kan_args: D
         source = overlay.get('file') or overlay.get('hf_hub_id') or f'the pretrained weights of {variant}'
         reason = f'{type(e).__name__}: {e}' if str(e) else f'{type(e).__name__} (missing or unreadable file)'
         raise CheckpointError(f'cannot load {source} into {variant}: {reason}') from e
+    finally:
+        _NPZ_LOADER.reset(npz_loader)
     return model, report
 
 
@@ -311,13 +337,11 @@ def _create_kan_vit(variant: str, family: KANFamily, arch: str, pretrained: bool
                     **kwargs) -> KANVisionTransformer:
     """Build a KAN-ViT variant: check the options, resolve the family's, build and load, then freeze."""
     _check_kwargs(variant, family, kwargs)
-    adapter = _adapter_options(pretrained, kwargs)
-    kan_args = _kan_args(family, adapter.kan_init, kwargs)
-    if 'act_layer' in kwargs:
-        kwargs['act_layer'] = get_act_layer(kwargs['act_layer'])
+    adapter, kwargs = _adapter_options(pretrained, kwargs)
+    kan_args, vit_args = _kan_args(family, adapter.kan_init, kwargs)
     if pretrained:
-        _head_classes_from_file(kwargs)
-    model, report = _build(variant, pretrained, adapter, kan_args, dict(ARCHS[arch][0], **kwargs))
+        vit_args = _with_file_head_classes(vit_args)
+    model, report = _build(variant, pretrained, adapter, kan_args, dict(ARCHS[arch][0], **vit_args))
     vit = getattr(model, 'model', model)  # the ViT inside a features_only wrapper
     vit.pretrained_load = report if report.layout is not None else None
     freeze = adapter.freeze or ('backbone' if report.layout == 'vit' else 'none')
@@ -328,14 +352,6 @@ def _create_kan_vit(variant: str, family: KANFamily, arch: str, pretrained: bool
 def _kan_cfg(hf_hub_id: str, num_classes: int) -> Dict[str, Any]:
     return _cfg(hf_hub_id=f'timm/{hf_hub_id}', num_classes=num_classes, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
                 crop_pct=0.9, custom_load=False)
-
-
-default_cfgs = generate_default_cfgs({
-    f'{family.prefix}_{name}.{hub_id.split(".", 1)[1]}': _kan_cfg(hub_id, classes)
-    for family in KAN_FAMILIES.values()
-    for arch, (_, alias, hub_id, classes) in ARCHS.items()
-    for name in (arch, alias)
-})
 
 
 def _entry_point(variant: str, family: KANFamily, arch: str) -> Callable[..., KANVisionTransformer]:
@@ -353,7 +369,30 @@ def _entry_point(variant: str, family: KANFamily, arch: str) -> Callable[..., KA
     return create
 
 
-for _family in KAN_FAMILIES.values():
-    for _arch, (_, _alias, _, _) in ARCHS.items():
-        for _variant in (f'{_family.prefix}_{_arch}', f'{_family.prefix}_{_alias}'):
-            globals()[_variant] = register_model(_entry_point(_variant, _family, _arch))
+# timm's register_model reads a model's pretrained tags from its module's default_cfgs
+default_cfgs: Dict[str, Any] = {}
+
+
+def _register_models(family: KANFamily) -> None:
+    """Register ``family``'s models with timm: one entry point per ViT size under its full name and its short alias
+    (``{prefix}_base_patch16_224``, ``{prefix}_b16``), each with the in21k ViT weights as its pretrained tag."""
+    names = {arch: (f'{family.prefix}_{arch}', f'{family.prefix}_{alias}') for arch, (_, alias, _, _) in ARCHS.items()}
+    default_cfgs.update(generate_default_cfgs({
+        f'{name}.{hub_id.split(".", 1)[1]}': _kan_cfg(hub_id, classes)
+        for arch, (_, _, hub_id, classes) in ARCHS.items() for name in names[arch]}))
+    for arch, variants in names.items():
+        for variant in variants:  # also a name of this module, as timm's entry points are of theirs
+            globals()[variant] = register_model(_entry_point(variant, family, arch))
+
+
+def register_family(family: KANFamily) -> KANFamily:
+    """Add a KAN family (its layer or block and its table entry) to ``KAN_FAMILIES`` and register its models with
+    timm. Everything else (create_model options, compare, bench, explain, pruning, the Hub, the README tables)
+    reads the table."""
+    add_family(family)
+    _register_models(family)
+    return family
+
+
+for _family in KAN_FAMILIES.values():  # the built-in families
+    _register_models(_family)

@@ -26,12 +26,13 @@ from timm.optim import create_optimizer_v2, param_groups_weight_decay
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, NativeScaler, accuracy, decay_batch_step, random_seed
 
-from .accounting import count_flops, count_parameters, eval_data_config, hidden_widths
-from .data import DataError, split_class_map
-from .images import rgb_transform
-from .io import progress_line, write_atomic
-from .layers import coefficient_parameters
-from .models import design_name
+from ..accounting import count_flops, count_parameters, eval_data_config, hidden_widths
+from ..data.split import split_class_map
+from ..images import rgb_transform
+from ..io import DataError, progress_line, write_atomic
+from ..layers import coefficient_parameters
+from ..models import design_name
+from .config import CompareConfig
 
 __all__ = ['RunContext', 'suggest_batch_size', 'train_model', 'checkpoint_path', 'NonFiniteLoss']
 
@@ -42,24 +43,21 @@ class NonFiniteLoss(RuntimeError):
 
 @dataclass
 class RunContext:
-    """What every model of a comparison shares: data, recipe, device, process group, output folder."""
+    """What every model of a comparison shares: data, recipe, device, process group, output folder, and the run's
+    options (``config``: workers, AMP, EMA, progress bar)."""
     data_root: Path
     classes: List[str]
     recipe: Dict[str, Any]
     device: torch.device
     out_dir: Path
-    seed: int = 0
+    seed: int = 0  # this run's training seed (config.seed drew the split)
     run_tag: str = ''  # sub-folder of the model's folder for this run (several seeds: 'seed1', ...)
     distributed: bool = False
     rank: int = 0
-    workers: Optional[int] = None
-    amp: bool = True
-    amp_dtype: str = 'float16'
-    model_ema_decay: Optional[float] = None
-    progress: Optional[bool] = None  # tqdm bar: None on a TTY only, False never; epoch lines print regardless
+    config: CompareConfig = field(default_factory=CompareConfig)
     on_epoch: Callable[[Dict[str, Any]], None] = field(default=lambda result: None)
     on_trained: Callable[[str, nn.Module, Dict[str, Any]], None] = field(default=lambda name, model, result: None)
-    split_files: Optional[Dict[str, List[str]]] = None  # the split's files when the run began (data.split_listing)
+    split_files: Optional[Dict[str, List[str]]] = None  # the split's files when the run began (split_listing)
 
 
 def suggest_batch_size(step: Callable[[int], None], batch_size: int) -> int:
@@ -121,7 +119,7 @@ def checkpoint_path(out_dir: Path, name: str, run_tag: str = '') -> Path:
 
 def _model_args(name: str, create_kwargs: Dict[str, Any], model: nn.Module) -> Dict[str, Any]:
     """Arguments that rebuild the trained architecture (no pretrained load): ``predict`` and ``push`` use them."""
-    from .models import architecture_kwargs
+    from ..models import architecture_kwargs
 
     kwargs = {k: v for k, v in create_kwargs.items() if k not in ('pretrained', 'pretrained_cfg_overlay')}
     args = architecture_kwargs(name, kwargs)
@@ -146,7 +144,7 @@ def _dataset(ctx: RunContext, split: str, is_training: bool = False):
 def _loaders(ctx: RunContext, data_config: Dict[str, Any]):
     recipe = ctx.recipe
     train_set, val_set = _dataset(ctx, 'train', is_training=True), _dataset(ctx, 'val')
-    workers = ctx.workers if ctx.workers is not None else (4 if ctx.device.type == 'cuda' else 0)
+    workers = ctx.config.workers if ctx.config.workers is not None else (4 if ctx.device.type == 'cuda' else 0)
     common = dict(
         input_size=data_config['input_size'], interpolation=data_config['interpolation'], mean=data_config['mean'],
         std=data_config['std'], num_workers=workers, distributed=ctx.distributed, use_prefetcher=False,
@@ -218,11 +216,11 @@ def _start(name: str, create_kwargs: Dict[str, Any], ctx: RunContext) -> _Run:
     if ctx.distributed:
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[ctx.device.index] if ctx.device.type == 'cuda' else None)
-    use_amp = ctx.amp and ctx.device.type == 'cuda'
-    amp_dtype = torch.bfloat16 if ctx.amp_dtype == 'bfloat16' else torch.float16
+    use_amp = ctx.config.amp and ctx.device.type == 'cuda'
+    amp_dtype = torch.bfloat16 if ctx.config.amp_dtype == 'bfloat16' else torch.float16
     autocast = (lambda: torch.autocast('cuda', dtype=amp_dtype)) if use_amp else contextlib.nullcontext
     return _Run(name, model, train_model, optimizer, scheduler, epochs,
-                ModelEmaV3(model, decay=ctx.model_ema_decay) if ctx.model_ema_decay else None,
+                ModelEmaV3(model, decay=ctx.config.model_ema_decay) if ctx.config.model_ema else None,
                 NativeScaler() if use_amp and amp_dtype == torch.float16 else None, autocast, summary)
 
 
@@ -277,7 +275,8 @@ def _train_epoch(run: _Run, loader, loss_fn, ctx: RunContext, epoch: int) -> Dic
     run.train_model.train()
     loss_sum, count = 0.0, 0
     start = time.perf_counter()
-    hide_bar = True if ctx.rank != 0 else (None if ctx.progress is None else not ctx.progress)
+    progress = ctx.config.progress
+    hide_bar = True if ctx.rank != 0 else (None if progress is None else not progress)
     bar = tqdm(loader, desc=f'{run.name} epoch {epoch + 1}/{run.epochs}', leave=False, disable=hide_bar)
     for step, (x, y) in enumerate(bar):
         x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)

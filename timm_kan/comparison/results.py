@@ -4,16 +4,14 @@
 Every file is replaced atomically after each epoch of each model, so an interrupted run keeps what it finished.
 """
 import csv
-import inspect
 import os
 import statistics
 import string
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
-from .io import markdown_table, write_atomic, write_json_atomic
-from .layers import KANMlp
-from .models import family_of_model
+from ..io import markdown_table, write_atomic, write_json_atomic
+from ..models import family_of_model
 
 __all__ = ['TABLE_COLUMNS', 'format_table', 'write_results', 'describe_trained', 'group_runs']
 
@@ -49,9 +47,7 @@ def describe_trained(result: Dict[str, Any]) -> str:
     # the summary's options, then every other family option set to a non-default value (kan_fused changes speed,
     # not the model)
     shown = {f for _, f, _, _ in string.Formatter().parse(family.summary) if f} | {'kan_hidden', 'kan_fused'}
-    block = inspect.signature(KANMlp).parameters
-    defaults = dict({k: block[k].default for k in family.block_options}, kan_base=family.default_base,
-                    **family.defaults())
+    defaults = family.defaults()
     extra = [f'{k}={args[k]}' for k in family.options if k in args and k not in shown
              and _plain(args[k]) != _plain(defaults.get(k))]
     return ', '.join([text, family.describe(args).split(', ', 1)[-1], *extra])

@@ -9,7 +9,7 @@ from typing import Dict, Tuple
 
 import numpy as np
 
-from .io import DataError
+from ..io import DataError
 
 __all__ = ['FASHION_MNIST_DIR', 'FASHION_MNIST_CLASSES', 'read_fashion_mnist']
 

