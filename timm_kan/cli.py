@@ -277,14 +277,33 @@ def _add_bench(sub) -> None:
     p.set_defaults(fn=_cmd_bench)
 
 
+def _cmd_timm(args: argparse.Namespace) -> int:
+    from .run_script import run_script
+    if not args.script_args:
+        raise ValueError('timm: give the script to run, e.g. timm-kan timm PATH/validate.py --model chebykan_vit_t16')
+    return run_script(args.script_args[0], args.script_args[1:])
+
+
+def _add_timm(sub) -> None:
+    p = sub.add_parser('timm', add_help=False,
+                       help="run one of timm's scripts (validate.py, inference.py, ...) with the KAN-ViTs registered")
+    p.add_argument('script_args', nargs=argparse.REMAINDER, help='SCRIPT [ARGS...]')
+    p.set_defaults(fn=_cmd_timm)
+
+
+# commands that hand their arguments on whole (argparse's REMAINDER does not take a leading --option)
+_PASS_THROUGH = {'bench': 'bench_args', 'timm': 'script_args'}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog='timm-kan', description='KAN Vision Transformers for timm.')
     parser.add_argument('-v', '--verbose', action='store_true', help='log progress at INFO level')
     sub = parser.add_subparsers(dest='command', required=True)
     from .explain.command import add_explain_parser
+    from .export import add_export_parser
 
     for add in (_add_info, _add_convert, _add_compare, _add_predict, _add_push, _add_split, _add_models, _add_bench,
-                add_explain_parser):
+                _add_timm, add_explain_parser, add_export_parser):
         add(sub)
     return parser
 
@@ -294,15 +313,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     verbose = False
     try:
         parser = build_parser()
-        if argv[:1] == ['bench']:
-            # argparse's REMAINDER does not take a leading --option: the bench gets its arguments whole
-            args = parser.parse_args(['bench'])
-            args.bench_args = argv[1:]
+        if argv[:1] and argv[0] in _PASS_THROUGH:
+            args = parser.parse_args(argv[:1])
+            setattr(args, _PASS_THROUGH[argv[0]], argv[1:])
         else:
             args = parser.parse_args(argv)
         verbose = args.verbose
-        logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                            format='%(levelname)s %(name)s: %(message)s')
+        if args.command != 'timm':  # timm's scripts set up their own logging
+            logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                                format='%(levelname)s %(name)s: %(message)s')
         import timm_kan  # noqa: F401  registers the models
         return args.fn(args) or 0
     except KeyboardInterrupt:

@@ -139,7 +139,13 @@ def model_card(
         details['Metrics'] = dict(metrics)
     usage = (
         '```python\nimport timm_kan  # registers the KAN-ViT architectures with timm\nimport timm\n'
-        f'model = timm.create_model("hf-hub:{repo_id}", pretrained=True)\n```\n'
+        f'model = timm.create_model("hf-hub:{repo_id}", pretrained=True)\n```\n\n'
+        'With Hugging Face transformers (its timm wrapper), also after `import timm_kan`:\n\n'
+        '```python\nimport timm_kan\nfrom transformers import AutoModelForImageClassification, pipeline\n'
+        f'model = AutoModelForImageClassification.from_pretrained("{repo_id}")\n'
+        f'classify = pipeline("image-classification", model="{repo_id}")\n```\n\n'
+        'For deployment: `timm-kan export hf-hub:' + repo_id + ' --format onnx --out model.onnx` (or `--format pt2`) '
+        'writes the model and checks it against PyTorch.\n'
     )
     return {
         'description': f'A {details["KAN type"]} Vision Transformer ({arch}) made with timm_kan: each ViT block\'s '
@@ -152,9 +158,11 @@ def model_card(
 
 
 def _save_weights_and_config(model: nn.Module, out_dir: Path, label_names: Optional[Sequence[str]]) -> None:
-    """timm's ``save_for_hf`` with the resolved KAN options passed as ``model_args``; the load-time options
-    (``kan_init``, ``freeze``, ``pretrained_strict``) that timm recorded from ``create_model`` are taken out of
-    config.json: they said how the source checkpoint was adapted, not what the saved weights are."""
+    """timm's ``save_for_hf`` with the resolved KAN options passed as ``model_args``. Taken out of config.json's
+    ``model_args``: the load-time options (``kan_init``, ``freeze``, ``pretrained_strict``) that timm recorded from
+    ``create_model`` (they said how the source checkpoint was adapted, not what the saved weights are), and
+    ``num_classes``, which config.json holds at its top level: transformers' timm wrapper passes it itself and
+    refuses a second one; timm reads it from there."""
     from ._version import __version__
     from .models.kan_vit import ADAPTER_KWARGS
 
@@ -163,7 +171,8 @@ def _save_weights_and_config(model: nn.Module, out_dir: Path, label_names: Optio
                 model_args=architecture, safe_serialization=True)
     config_path = out_dir / 'config.json'
     config = json.loads(config_path.read_text())
-    config['model_args'] = {k: v for k, v in config.get('model_args', {}).items() if k not in ADAPTER_KWARGS}
+    config['model_args'] = {k: v for k, v in config.get('model_args', {}).items()
+                            if k not in ADAPTER_KWARGS and k != 'num_classes'}
     config[EXPORT_MARKER_KEY] = __version__  # as transformers_version: who wrote it; a re-export may replace it
     write_json_atomic(config_path, config)
 
