@@ -10,6 +10,12 @@ and gradients, ``SELF_CHECK_TOLERANCE`` per dtype). A mismatch, or an error comp
 one warning naming the kernel, the error or the measured difference, and that combination uses the
 reference for the rest of the process. The result is cached per process; ``TIMM_KAN_SELF_CHECK=0`` turns the
 check off. ``self_test()`` (``timm-kan bench --check``) runs every kernel x dtype once and returns the table.
+
+Each launch is a torch custom op, ``torch.ops.timm_kan.*`` (registered when its ``*_triton`` module is imported):
+a ``triton_op`` with a fake implementation and an autograd formula that calls the backward ops, so torch.export
+keeps it as one node and torch.compile traces its launches (CUDA). On CPU the interpreter cannot run on the
+FakeTensors that decomposition traces with: there the ops compile as opaque nodes, with
+``torch._functorch.config.decompose_custom_triton_ops = False`` (see tests/test_custom_ops.py).
 """
 import functools
 import importlib.util
@@ -36,10 +42,13 @@ SELF_CHECK_TOLERANCE = {torch.float32: 1e-2, torch.float16: 2e-2, torch.bfloat16
 SELF_CHECK_ENV = 'TIMM_KAN_SELF_CHECK'
 
 
-@functools.lru_cache(maxsize=None)
+# asked on every forward: looked up once, at import (find_spec does not import triton), as a plain value that
+# torch.compile reads without the warning it gives for tracing through an lru_cache
+_TRITON_FOUND = importlib.util.find_spec('triton') is not None
+
+
 def triton_available() -> bool:
-    # asked on every CUDA forward: look the package up once
-    return importlib.util.find_spec('triton') is not None
+    return _TRITON_FOUND
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,9 +1,42 @@
-"""Pieces shared by the KAN GEMM kernels."""
+"""Pieces shared by the KAN kernels: their registration as torch custom ops, and the GEMM kernels' tiles."""
+from typing import Any, Callable, Sequence
+
 import torch
 import triton
 import triton.language as tl
+from torch.library import CustomOpDef, infer_schema, triton_op
 
-__all__ = ['gemm_blocks', 'gemm_weight', 'load_tile', 'accumulate_basis_dy', 'store_weight_grad']
+__all__ = ['NAMESPACE', 'kernel_op', 'save_inputs', 'gemm_blocks', 'gemm_weight', 'load_tile',
+           'accumulate_basis_dy', 'store_weight_grad']
+
+# the ops are torch.ops.timm_kan.<name>
+NAMESPACE = 'timm_kan'
+
+
+def kernel_op(name: str, outputs: Callable[..., Any],
+              constants: Sequence[str] = ()) -> Callable[[Callable[..., Any]], CustomOpDef]:
+    """Decorator: ``fn`` (Triton launches through ``wrap_triton``) as the op ``timm_kan::name``, whose schema is
+    read from ``fn``'s annotations. As a ``triton_op`` it is one node that torch.export keeps and whose launches
+    torch.compile traces into its graph (CUDA). ``outputs`` allocates the op's outputs from its arguments: ``fn``
+    writes into them, and it is the fake implementation too, so fake and real metadata agree by construction
+    (the default fake, ``fn`` on FakeTensors, would launch Triton's CPU interpreter on tensors with no data).
+    ``constants``: int arguments that are kernel constexprs, ``int`` in the schema (a graph specialises on
+    them) where annotations give ``SymInt``."""
+    def register(fn: Callable[..., Any]) -> CustomOpDef:
+        schema = infer_schema(fn, mutates_args=())
+        for arg in constants:
+            schema = schema.replace(f'SymInt {arg}', f'int {arg}')
+        op = triton_op(f'{NAMESPACE}::{name}', fn, mutates_args=(), schema=schema)
+        op.register_fake(outputs)
+        return op
+    return register
+
+
+def save_inputs(ctx: Any, inputs: Sequence[Any], output: Any) -> None:
+    """``setup_context`` of the forward ops: the backward kernels recompute the bases from the forward's inputs,
+    so those are all it keeps (tensors saved, other arguments as ``ctx.constants``)."""
+    ctx.save_for_backward(*(a for a in inputs if isinstance(a, torch.Tensor)))
+    ctx.constants = tuple(a for a in inputs if not isinstance(a, torch.Tensor))
 
 
 def gemm_blocks(cuda: bool):

@@ -11,14 +11,18 @@ register spills. Backward recomputes them:
     dX = sum_j (dY @ W_j^T) * dB_j/dx,
          dB_{j,k}/dx = k (B_{j,k-1} / (t_{j+k} - t_j) - B_{j+1,k-1} / (t_{j+k+1} - t_{j+1}))
     dW_j = B_j(X)^T @ dY                 (one program per basis j and output tile)
-The base branch and the bias stay in PyTorch. The reference is :class:`timm_kan.layers.BSplineKANLinear`
+The base branch and the bias stay in PyTorch. Each launch is a torch custom op (``timm_kan::bspline_kan``,
+``_dx``, ``_dw``; see ``_common.kernel_op``). The reference is :class:`timm_kan.layers.BSplineKANLinear`
 on its PyTorch path.
 """
+from typing import Any, Dict, Optional, Tuple
+
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
-from ._common import accumulate_basis_dy, gemm_blocks, gemm_weight, load_tile, store_weight_grad
+from ._common import accumulate_basis_dy, gemm_blocks, gemm_weight, kernel_op, load_tile, save_inputs, store_weight_grad
 
 __all__ = ['bspline_kan_matmul']
 
@@ -155,47 +159,75 @@ def _bwd_dw_kernel(
     store_weight_grad(DW, j, acc, offs_i, offs_n, IN, OUT, stride_dwj, stride_dwi, stride_dwo)
 
 
-class _BSplineKANMatmul(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, grid: torch.Tensor, w: torch.Tensor, order: int) -> torch.Tensor:
-        m, n_in = x.shape
-        n_out = w.shape[2]
-        y = torch.empty(m, n_out, device=x.device, dtype=w.dtype)
-        bm, bn, bi, _ = launch_blocks(x.is_cuda)
-        _fwd_kernel[(triton.cdiv(m, bm), triton.cdiv(n_out, bn))](
-            x, grid, w, y, m, n_in, n_out, x.stride(0), x.stride(1), grid.stride(0), grid.stride(1),
-            w.stride(0), w.stride(1), w.stride(2), y.stride(0), y.stride(1),
-            NUM_KNOTS=grid.shape[1], ORDER=order, BLOCK_M=bm, BLOCK_N=bn, BLOCK_I=bi, num_warps=NUM_WARPS)
-        ctx.save_for_backward(x, grid, w)
-        ctx.order = order
-        return y
+def _launch(x: torch.Tensor, grid: torch.Tensor, w: torch.Tensor, order: int,
+            weight_grad: bool = False) -> Tuple[int, int, int, Dict[str, int]]:
+    """(M, in, out, the kernels' constexprs and warps) of a launch on X (M, in) and W (grid + order, in, out)."""
+    bm, bn, bi, bi_dw = launch_blocks(x.is_cuda)
+    meta = dict(NUM_KNOTS=grid.shape[1], ORDER=order, BLOCK_M=bm, BLOCK_N=bn, BLOCK_I=bi_dw if weight_grad else bi)
+    return x.shape[0], x.shape[1], w.shape[2], dict(meta, num_warps=NUM_WARPS)
 
-    @staticmethod
-    def backward(ctx, dy: torch.Tensor):
-        x, grid, w = ctx.saved_tensors
-        m, n_in = x.shape
-        n_out = w.shape[2]
-        bm, bn, bi, bi_dw = launch_blocks(x.is_cuda)
-        common = dict(NUM_KNOTS=grid.shape[1], ORDER=ctx.order, BLOCK_M=bm, BLOCK_N=bn, num_warps=NUM_WARPS)
-        dx = dw = None
-        if ctx.needs_input_grad[0]:
-            dx = torch.empty_like(x)
-            _bwd_dx_kernel[(triton.cdiv(m, bm), triton.cdiv(n_in, bi))](
-                x, grid, w, dy, dx, m, n_in, n_out, x.stride(0), x.stride(1), grid.stride(0), grid.stride(1),
-                w.stride(0), w.stride(1), w.stride(2), dy.stride(0), dy.stride(1), dx.stride(0), dx.stride(1),
-                BLOCK_I=bi, **common)
-        if ctx.needs_input_grad[2]:
-            dw = torch.empty(w.shape, device=w.device, dtype=torch.float32)
-            _bwd_dw_kernel[(triton.cdiv(n_in, bi_dw), triton.cdiv(n_out, bn), w.shape[0])](
-                x, grid, dy, dw, m, n_in, n_out, x.stride(0), x.stride(1), grid.stride(0), grid.stride(1),
-                dy.stride(0), dy.stride(1), dw.stride(0), dw.stride(1), dw.stride(2), BLOCK_I=bi_dw, **common)
-            dw = dw.to(w.dtype)
-        return dx, None, dw, None
+
+def _forward_out(x: torch.Tensor, grid: torch.Tensor, w: torch.Tensor, order: int) -> torch.Tensor:
+    return x.new_empty(x.shape[0], w.shape[2], dtype=w.dtype)
+
+
+@kernel_op('bspline_kan', _forward_out, constants=('order',))
+def _forward(x: torch.Tensor, grid: torch.Tensor, w: torch.Tensor, order: int) -> torch.Tensor:
+    """Y (M, out) = sum_j B_j(X) @ W_j for X (M, in), fp32 knots (in, grid + 2 order + 1), in W's dtype."""
+    y = _forward_out(x, grid, w, order)
+    m, n_in, n_out, meta = _launch(x, grid, w, order)
+    wrap_triton(_fwd_kernel)[(triton.cdiv(m, meta['BLOCK_M']), triton.cdiv(n_out, meta['BLOCK_N']))](
+        x, grid, w, y, m, n_in, n_out, *x.stride(), *grid.stride(), *w.stride(), *y.stride(), **meta)
+    return y
+
+
+def _input_grad_out(x: torch.Tensor, grid: torch.Tensor, w: torch.Tensor, dy: torch.Tensor,
+                    order: int) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+@kernel_op('bspline_kan_dx', _input_grad_out, constants=('order',))
+def _input_grad(x: torch.Tensor, grid: torch.Tensor, w: torch.Tensor, dy: torch.Tensor, order: int) -> torch.Tensor:
+    """dX (M, in), in X's dtype, of the forward for the output gradient dY (M, out)."""
+    dx = _input_grad_out(x, grid, w, dy, order)
+    m, n_in, n_out, meta = _launch(x, grid, w, order)
+    wrap_triton(_bwd_dx_kernel)[(triton.cdiv(m, meta['BLOCK_M']), triton.cdiv(n_in, meta['BLOCK_I']))](
+        x, grid, w, dy, dx, m, n_in, n_out, *x.stride(), *grid.stride(), *w.stride(), *dy.stride(), *dx.stride(),
+        **meta)
+    return dx
+
+
+def _weight_grad_out(x: torch.Tensor, grid: torch.Tensor, w: torch.Tensor, dy: torch.Tensor,
+                     order: int) -> torch.Tensor:
+    # fp32: the accumulators are stored as they are, the autograd formula casts to the weight's dtype
+    return w.new_empty(w.shape, dtype=torch.float32)
+
+
+@kernel_op('bspline_kan_dw', _weight_grad_out, constants=('order',))
+def _weight_grad(x: torch.Tensor, grid: torch.Tensor, w: torch.Tensor, dy: torch.Tensor, order: int) -> torch.Tensor:
+    """dW (grid + order, in, out) in fp32 for the output gradient dY (M, out); W gives only its shape."""
+    dw = _weight_grad_out(x, grid, w, dy, order)
+    m, n_in, n_out, meta = _launch(x, grid, w, order, weight_grad=True)
+    wrap_triton(_bwd_dw_kernel)[(triton.cdiv(n_in, meta['BLOCK_I']), triton.cdiv(n_out, meta['BLOCK_N']), w.shape[0])](
+        x, grid, dy, dw, m, n_in, n_out, *x.stride(), *grid.stride(), *dy.stride(), *dw.stride(), **meta)
+    return dw
+
+
+def _backward(ctx: Any, dy: torch.Tensor) -> Tuple[Optional[torch.Tensor], None, Optional[torch.Tensor], None]:
+    x, grid, w = ctx.saved_tensors
+    order, = ctx.constants
+    dx = _input_grad(x, grid, w, dy, order) if ctx.needs_input_grad[0] else None
+    dw = _weight_grad(x, grid, w, dy, order).to(w.dtype) if ctx.needs_input_grad[2] else None
+    return dx, None, dw, None
+
+
+_forward.register_autograd(_backward, setup_context=save_inputs)
 
 
 def bspline_kan_matmul(x: torch.Tensor, grid: torch.Tensor, weight: torch.Tensor, order: int) -> torch.Tensor:
     """``sum_i sum_j B_j(x_i) * weight[o, i, j]`` for x (..., in), knots ``grid`` (in, G + 2k + 1) and
-    weight (out, in, G + k). Products in the autocast dtype under autocast, else the weight's dtype."""
+    weight (out, in, G + k). Products in the autocast dtype under autocast, else the weight's dtype
+    (the op ``timm_kan::bspline_kan``; differentiable in ``x`` and ``weight``)."""
     lead = x.shape[:-1]
-    y = _BSplineKANMatmul.apply(x.reshape(-1, x.shape[-1]), grid.float().contiguous(), gemm_weight(x, weight), order)
+    y = _forward(x.reshape(-1, x.shape[-1]), grid.float().contiguous(), gemm_weight(x, weight), order)
     return y.reshape(*lead, weight.shape[0])

@@ -7,14 +7,19 @@ Forward: Y = sum_k T_k(tanh X) @ W_k with the basis built in registers inside th
 with t = tanh(X). ``W`` is laid out (degree + 1, in, out). Products run in the weight dtype (bf16/fp16
 under autocast) with fp32 accumulation; the basis recurrence runs in fp32.
 
-The PyTorch reference is :class:`timm_kan.layers.ChebyshevKANLinear` on its reference path; the tests
-compare the two (on CPU through ``TRITON_INTERPRET=1``).
+Each launch is a torch custom op (``timm_kan::chebyshev_kan``, ``_dx``, ``_dw``; see ``_common.kernel_op``), the
+forward's autograd formula calling the two backward ops. The PyTorch reference is
+:class:`timm_kan.layers.ChebyshevKANLinear` on its reference path; the tests compare the two (on CPU through
+``TRITON_INTERPRET=1``).
 """
+from typing import Any, Dict, Optional, Tuple
+
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
-from ._common import accumulate_basis_dy, gemm_blocks, gemm_weight, load_tile, store_weight_grad
+from ._common import accumulate_basis_dy, gemm_blocks, gemm_weight, kernel_op, load_tile, save_inputs, store_weight_grad
 
 __all__ = ['chebyshev_kan_matmul']
 
@@ -129,52 +134,71 @@ def _bwd_dw_kernel(
     store_weight_grad(DW, k, acc, offs_i, offs_n, IN, OUT, stride_dwk, stride_dwi, stride_dwo)
 
 
-class _ChebyshevKANMatmul(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        m, n_in = x.shape
-        n_out = w.shape[2]
-        degree = w.shape[0] - 1
-        y = torch.empty(m, n_out, device=x.device, dtype=w.dtype)
-        bm, bn, bi = gemm_blocks(x.is_cuda)
-        grid = (triton.cdiv(m, bm), triton.cdiv(n_out, bn))
-        _fwd_kernel[grid](
-            x, w, y, m, n_in, n_out, x.stride(0), x.stride(1), w.stride(0), w.stride(1), w.stride(2),
-            y.stride(0), y.stride(1), DEGREE=degree, BLOCK_M=bm, BLOCK_N=bn, BLOCK_I=bi)
-        ctx.save_for_backward(x, w)
-        return y
+def _launch(x: torch.Tensor, w: torch.Tensor) -> Tuple[int, int, int, Dict[str, int]]:
+    """(M, in, out, the kernels' constexprs) of a launch on X (M, in) and W (degree + 1, in, out)."""
+    bm, bn, bi = gemm_blocks(x.is_cuda)
+    return x.shape[0], x.shape[1], w.shape[2], dict(DEGREE=w.shape[0] - 1, BLOCK_M=bm, BLOCK_N=bn, BLOCK_I=bi)
 
-    @staticmethod
-    def backward(ctx, dy: torch.Tensor):
-        x, w = ctx.saved_tensors
-        m, n_in = x.shape
-        n_out = w.shape[2]
-        degree = w.shape[0] - 1
-        bm, bn, bi = gemm_blocks(x.is_cuda)
-        dx = dw = None
-        if ctx.needs_input_grad[0]:
-            dx = torch.empty_like(x)
-            grid = (triton.cdiv(m, bm), triton.cdiv(n_in, bi))
-            _bwd_dx_kernel[grid](
-                x, w, dy, dx, m, n_in, n_out, x.stride(0), x.stride(1), w.stride(0), w.stride(1), w.stride(2),
-                dy.stride(0), dy.stride(1), dx.stride(0), dx.stride(1),
-                DEGREE=degree, BLOCK_M=bm, BLOCK_N=bn, BLOCK_I=bi)
-        if ctx.needs_input_grad[1]:
-            dw = torch.empty(w.shape, device=w.device, dtype=torch.float32)
-            grid = (triton.cdiv(n_in, bi), triton.cdiv(n_out, bn), degree + 1)
-            _bwd_dw_kernel[grid](
-                x, dy, dw, m, n_in, n_out, x.stride(0), x.stride(1), dy.stride(0), dy.stride(1),
-                dw.stride(0), dw.stride(1), dw.stride(2), DEGREE=degree, BLOCK_M=bm, BLOCK_N=bn, BLOCK_I=bi)
-            dw = dw.to(w.dtype)
-        return dx, dw
+
+def _forward_out(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return x.new_empty(x.shape[0], w.shape[2], dtype=w.dtype)
+
+
+@kernel_op('chebyshev_kan', _forward_out)
+def _forward(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Y (M, out) = sum_k T_k(tanh X) @ W_k for X (M, in) and W (degree + 1, in, out), in W's dtype."""
+    y = _forward_out(x, w)
+    m, n_in, n_out, meta = _launch(x, w)
+    wrap_triton(_fwd_kernel)[(triton.cdiv(m, meta['BLOCK_M']), triton.cdiv(n_out, meta['BLOCK_N']))](
+        x, w, y, m, n_in, n_out, *x.stride(), *w.stride(), *y.stride(), **meta)
+    return y
+
+
+def _input_grad_out(x: torch.Tensor, w: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+@kernel_op('chebyshev_kan_dx', _input_grad_out)
+def _input_grad(x: torch.Tensor, w: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+    """dX (M, in), in X's dtype, of the forward for the output gradient dY (M, out)."""
+    dx = _input_grad_out(x, w, dy)
+    m, n_in, n_out, meta = _launch(x, w)
+    wrap_triton(_bwd_dx_kernel)[(triton.cdiv(m, meta['BLOCK_M']), triton.cdiv(n_in, meta['BLOCK_I']))](
+        x, w, dy, dx, m, n_in, n_out, *x.stride(), *w.stride(), *dy.stride(), *dx.stride(), **meta)
+    return dx
+
+
+def _weight_grad_out(x: torch.Tensor, w: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+    # fp32: the accumulators are stored as they are, the autograd formula casts to the weight's dtype
+    return w.new_empty(w.shape, dtype=torch.float32)
+
+
+@kernel_op('chebyshev_kan_dw', _weight_grad_out)
+def _weight_grad(x: torch.Tensor, w: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
+    """dW (degree + 1, in, out) in fp32 for the output gradient dY (M, out); W gives only its shape."""
+    dw = _weight_grad_out(x, w, dy)
+    m, n_in, n_out, meta = _launch(x, w)
+    grid = (triton.cdiv(n_in, meta['BLOCK_I']), triton.cdiv(n_out, meta['BLOCK_N']), w.shape[0])
+    wrap_triton(_bwd_dw_kernel)[grid](x, dy, dw, m, n_in, n_out, *x.stride(), *dy.stride(), *dw.stride(), **meta)
+    return dw
+
+
+def _backward(ctx: Any, dy: torch.Tensor) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    x, w = ctx.saved_tensors
+    dx = _input_grad(x, w, dy) if ctx.needs_input_grad[0] else None
+    dw = _weight_grad(x, w, dy).to(w.dtype) if ctx.needs_input_grad[1] else None
+    return dx, dw
+
+
+_forward.register_autograd(_backward, setup_context=save_inputs)
 
 
 def chebyshev_kan_matmul(x: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
     """``sum_i sum_k T_k(tanh x_i) * coeffs[o, i, k]`` for x of shape (..., in) and coeffs (out, in, degree + 1).
 
     Under autocast the products run in the autocast dtype (coefficients cast to it); otherwise in the
-    coefficients' dtype. Differentiable in ``x`` and ``coeffs``.
+    coefficients' dtype. Differentiable in ``x`` and ``coeffs`` (the op ``timm_kan::chebyshev_kan``).
     """
     lead = x.shape[:-1]
-    y = _ChebyshevKANMatmul.apply(x.reshape(-1, x.shape[-1]), gemm_weight(x, coeffs))
+    y = _forward(x.reshape(-1, x.shape[-1]), gemm_weight(x, coeffs))
     return y.reshape(*lead, coeffs.shape[0])

@@ -7,11 +7,17 @@ so every power that appears is bounded, as in the PyTorch reference.
 
 Backward: one program per (row block, group) walks that group's channels, computes dx elementwise and
 sums its share of dL/da (6) and dL/db (4) in registers; the per-program sums go to a
-(row blocks, groups, 10) buffer that PyTorch reduces. No per-element atomics.
+(row blocks, groups, 10) buffer that PyTorch reduces. No per-element atomics. Each launch is a torch custom op
+(``timm_kan::group_rational``, ``group_rational_backward``; see ``_common.kernel_op``).
 """
+from typing import Any, Tuple
+
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
+
+from ._common import kernel_op, save_inputs
 
 __all__ = ['group_rational']
 
@@ -132,39 +138,57 @@ def launch_blocks(cuda: bool):
     return (1024, 64, 32) if cuda else (64, 8, 8)
 
 
-class _GroupRational(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
-        x2 = x.reshape(-1, x.shape[-1]).contiguous()
-        m, c = x2.shape
-        groups = numerator.shape[0]
-        a = numerator.detach().float().contiguous()
-        b = denominator.detach().float().contiguous()
-        y = torch.empty_like(x2)
-        block, _, _ = launch_blocks(x2.is_cuda)
-        _fwd_kernel[(triton.cdiv(m * c, block),)](x2, a, b, y, m * c, c, c // groups, BLOCK=block)
-        ctx.save_for_backward(x2, a, b)
-        ctx.shape = x.shape
-        ctx.param_dtypes = (numerator.dtype, denominator.dtype)
-        return y.reshape(x.shape)
+def _forward_out(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    # contiguous whatever x's strides: the kernels index elements by their flat offset
+    return x.new_empty(x.shape)
 
-    @staticmethod
-    def backward(ctx, dy: torch.Tensor):
-        x2, a, b = ctx.saved_tensors
-        m, c = x2.shape
-        groups = a.shape[0]
-        dy2 = dy.reshape(m, c).contiguous()
-        dx = torch.empty_like(x2)
-        _, bm, bc = launch_blocks(x2.is_cuda)
-        row_blocks = triton.cdiv(m, bm)
-        partial = torch.empty(row_blocks, groups, 10, device=x2.device, dtype=torch.float32)
-        _bwd_kernel[(row_blocks, groups)](x2, dy2, a, b, dx, partial, m, c, c // groups, groups,
-                                          BLOCK_M=bm, BLOCK_C=bc, num_warps=BWD_NUM_WARPS)
-        grads = partial.sum(0)
-        return (dx.reshape(ctx.shape), grads[:, :6].to(ctx.param_dtypes[0]),
-                grads[:, 6:].to(ctx.param_dtypes[1]))
+
+@kernel_op('group_rational', _forward_out)
+def _forward(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    """phi(x), in x's dtype, per channel group of x's last dimension; numerator (groups, 6), denominator
+    (groups, 4) in any float dtype (read in fp32)."""
+    y = _forward_out(x, numerator, denominator)
+    c = x.shape[-1]
+    block, _, _ = launch_blocks(x.is_cuda)
+    wrap_triton(_fwd_kernel)[(triton.cdiv(x.numel(), block),)](
+        x.contiguous(), numerator.float().contiguous(), denominator.float().contiguous(), y, x.numel(), c,
+        c // numerator.shape[0], BLOCK=block)
+    return y
+
+
+def _backward_out(x: torch.Tensor, dy: torch.Tensor, numerator: torch.Tensor,
+                  denominator: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """dx, and each (row block, group)'s fp32 sums of dL/da (6) then dL/db (4)."""
+    _, bm, _ = launch_blocks(x.is_cuda)
+    rows = x.numel() // x.shape[-1]
+    return x.new_empty(x.shape), x.new_empty(triton.cdiv(rows, bm), numerator.shape[0], 10, dtype=torch.float32)
+
+
+@kernel_op('group_rational_backward', _backward_out)
+def _backward_kernel(x: torch.Tensor, dy: torch.Tensor, numerator: torch.Tensor,
+                     denominator: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(dx, per-block coefficient-gradient sums, see ``_backward_out``) for the output gradient dy."""
+    dx, partial = _backward_out(x, dy, numerator, denominator)
+    c = x.shape[-1]
+    groups = numerator.shape[0]
+    _, bm, bc = launch_blocks(x.is_cuda)
+    wrap_triton(_bwd_kernel)[(partial.shape[0], groups)](
+        x.contiguous(), dy.contiguous(), numerator.float().contiguous(), denominator.float().contiguous(), dx,
+        partial, x.numel() // c, c, c // groups, groups, BLOCK_M=bm, BLOCK_C=bc, num_warps=BWD_NUM_WARPS)
+    return dx, partial
+
+
+def _backward(ctx: Any, dy: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    x, numerator, denominator = ctx.saved_tensors
+    dx, partial = _backward_kernel(x, dy, numerator, denominator)
+    grads = partial.sum(0)
+    return dx, grads[:, :6].to(numerator.dtype), grads[:, 6:].to(denominator.dtype)
+
+
+_forward.register_autograd(_backward, setup_context=save_inputs)
 
 
 def group_rational(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
-    """phi(x) per channel group of the last dimension; numerator (groups, 6), denominator (groups, 4)."""
-    return _GroupRational.apply(x, numerator, denominator)
+    """phi(x) per channel group of the last dimension; numerator (groups, 6), denominator (groups, 4)
+    (the op ``timm_kan::group_rational``; differentiable in all three)."""
+    return _forward(x, numerator, denominator)

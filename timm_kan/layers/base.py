@@ -1,14 +1,19 @@
-"""Pieces shared by the KAN layers: the optional base branch and argument checks."""
+"""Pieces shared by the KAN layers: the optional base branch, argument checks and the choice between the fused
+kernels and the PyTorch reference (which is what compiled, exported and scripted graphs hold)."""
 import math
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Type
 
 import numpy as np
 import torch
+from timm.layers import is_exportable
 from torch import nn
 from torch.nn import functional as F
 
+from ..kernels import use_fused
+
 __all__ = ['BaseBranch', 'KANLinearBase', 'COEFF_INITS', 'FUSED_HELP', 'HIDDEN_HELP', 'check_positive', 'check_range',
-           'fused_check_case', 'coefficient_parameters']
+           'fused_check_case', 'coefficient_parameters', 'apply_function', 'capturing', 'exporting', 'fused_option',
+           'run_fused']
 
 # 'published': each family's published coefficient initialisation; 'variance': coefficients drawn so that
 # the basis expansion preserves variance, Var(y) = Var(x) = 1 for unit-normal edge inputs (the LeCun rule KAT
@@ -50,6 +55,46 @@ def check_range(name: str, value) -> Tuple[float, float]:
     if not hi > lo:
         raise ValueError(f'{name} must be (low, high) with high > low, got {(lo, hi)}')
     return lo, hi
+
+
+def exporting() -> bool:
+    """Whether a graph is being captured for another runtime: torch.export and the dynamo ONNX exporter
+    (``torch.compiler.is_exporting``), jit.trace and the legacy ONNX exporter (``torch.jit.is_tracing``). The Triton
+    kernels are Python launches such a graph cannot hold, so the layers run the reference there."""
+    return torch.compiler.is_exporting() or torch.jit.is_tracing()
+
+
+def capturing() -> bool:
+    """Whether torch.compile, torch.export or jit.trace is recording a graph: nothing may read tensor values on
+    the host then (a sync, and a value frozen into the graph)."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
+def apply_function(function: Type[torch.autograd.Function], reference: Callable[..., torch.Tensor],
+                   *args) -> torch.Tensor:
+    """``function.apply(*args)``, or under jit tracing ``reference(*args)``, the same forward with its backward left
+    to autograd: the legacy ONNX exporter mis-inlines an autograd Function's graph (its peephole pass drops a
+    ``t * 1`` there and then fails, 'Argument passed to at() was not in the map'). TorchScript, which cannot call
+    autograd Functions at all, takes ``reference`` at the call sites (behind a bare ``is_scripting()`` test)."""
+    if torch.jit.is_tracing():
+        return reference(*args)
+    return function.apply(*args)
+
+
+def run_fused(x: torch.Tensor, fused: Optional[bool], kernel: str) -> bool:
+    """``use_fused`` outside exports: an exported graph holds the reference even where ``fused=True``."""
+    return not exporting() and use_fused(x, fused, kernel)
+
+
+def fused_option(fused: Optional[bool]) -> Optional[bool]:
+    """A layer's ``fused`` as built: timm's ``exportable=True`` (``create_model``, ``set_exportable``) selects the
+    pure-PyTorch reference, as it does for timm's own layers; forcing the kernels as well is a contradiction."""
+    if not is_exportable():
+        return fused
+    if fused:
+        raise ValueError('fused=True (kan_fused) forces the Triton kernels, but timm exportable=True asks for the '
+                         'pure-PyTorch layers: leave kan_fused unset (or False) to export')
+    return False
 
 
 def fused_check_case(
@@ -107,6 +152,9 @@ class KANLinearBase(nn.Module):
                       'N(0, 1) edge inputs, the LeCun rule KAT argues for)'}
     # the base branch reads the layer's raw input, not the edge input (RBF: its edge inputs are LayerNorm'd)
     base_on_raw_input = False
+    # the fused kernel's name in ``timm_kan.kernels`` (None: the layer has none) and the layer's ``fused`` option
+    kernel: Optional[str] = None
+    fused: Optional[bool] = False
 
     def __init__(
             self,
@@ -160,6 +208,28 @@ class KANLinearBase(nn.Module):
     def init_weights(self) -> None:
         """Hook called by timm's ViT weight init (instead of its nn.Linear truncated normal)."""
         self.reset_parameters()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self._expansion(x)
+        if self.base is not None:
+            y = y + self.base(x)
+        return y
+
+    def _expansion(self, x: torch.Tensor) -> torch.Tensor:
+        # TorchScript compiles only what a bare is_scripting() test leaves: neither the kernel choice nor a launch
+        if not torch.jit.is_scripting():
+            if self.kernel is not None and run_fused(x, self.fused, self.kernel):
+                y = self.fused_expansion(x)
+                return y if self.bias is None else y + self.bias.to(y.dtype)  # as F.linear under autocast: no upcast
+        return self.expansion(x)
+
+    def expansion(self, x: torch.Tensor) -> torch.Tensor:
+        """The basis expansion plus the output bias, in PyTorch (the reference)."""
+        raise NotImplementedError
+
+    def fused_expansion(self, x: torch.Tensor) -> torch.Tensor:
+        """The basis expansion by the layer's Triton kernel (no bias)."""
+        raise NotImplementedError
 
     # ---- the learned univariate functions, for explaining a layer ----
 

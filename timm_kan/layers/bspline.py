@@ -26,8 +26,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..kernels import register_check_case, use_fused
-from .base import FUSED_HELP, KANLinearBase, check_positive, check_range, fused_check_case
+from ..kernels import register_check_case
+from .base import (
+    FUSED_HELP, KANLinearBase, apply_function, capturing, check_positive, check_range, fused_check_case, fused_option)
 
 __all__ = ['BSplineKANLinear', 'b_spline_basis', 'uniform_knots', 'grid_is_uniform']
 
@@ -55,7 +56,7 @@ def _cox_de_boor(x: torch.Tensor, grid: torch.Tensor, spline_order: int) -> Tupl
         lower = bases
         left = (x - grid[:, :-(k + 1)]) * (1.0 / (grid[:, k:-1] - grid[:, :-(k + 1)]))
         right = (grid[:, k + 1:] - x) * (1.0 / (grid[:, k + 1:] - grid[:, 1:-k]))
-        bases = left.mul_(bases[..., :-1]).add_(right.mul_(bases[..., 1:]))
+        bases = left * bases[..., :-1] + right * bases[..., 1:]
     return bases, lower
 
 
@@ -98,39 +99,54 @@ def _uniform_local_bases(f: torch.Tensor, order: int) -> Tuple[List[torch.Tensor
     return level, lower
 
 
-class _UniformBSplineBasis(torch.autograd.Function):
-    """Dense B-spline bases on a uniform grid from the k + 1 local values; backward from their derivatives.
+def _uniform_local(x: torch.Tensor, grid: torch.Tensor, order: int) -> Tuple[
+        torch.Tensor, torch.Tensor, List[torch.Tensor], List[torch.Tensor], torch.Tensor]:
+    """On a uniform grid, where x's k + 1 non-zero bases sit in the dense basis (index, and whether it is dropped:
+    past either end of the extended grid), both (..., in, k + 1); their values and those of order k - 1
+    (``_uniform_local_bases``); and the knot step h (in,)."""
+    step = (grid[:, -1] - grid[:, 0]) / (grid.shape[1] - 1)
+    num_bases = grid.shape[1] - order - 1
+    u = (x - grid[:, order]) / step + order  # position in knot steps from the first knot t_0
+    m = torch.floor(u)
+    values, lower = _uniform_local_bases(u - m, order)
+    j = m.unsqueeze(-1) + torch.arange(-order, 1, dtype=m.dtype, device=m.device)  # basis m - k + r
+    dropped = (j < 0) | (j >= num_bases)  # False for NaN: its NaN values are kept, so NaN propagates
+    # a NaN or dropped index reads or writes basis 0 (with value 0 where dropped); identity elsewhere
+    index = torch.where((j >= 0) & (j < num_bases), j, 0).long()
+    return index, dropped, values, lower, step
 
-    Basis j = m - k + r exists for 0 <= j < G + k: the local values of the others (past either end of the
-    extended grid, and all of them outside it) are dropped. Per r the work is on contiguous (..., in) tensors.
-    """
+
+def _uniform_bases(x: torch.Tensor, grid: torch.Tensor, order: int) -> torch.Tensor:
+    """(..., in) -> (..., in, G + k) B-spline bases on a uniform grid: the k + 1 local values scattered into the
+    dense basis by one functional op (graph captures and exporters hold it as it is)."""
+    index, dropped, values, _, _ = _uniform_local(x, grid, order)
+    dense = x.new_zeros(list(x.shape) + [grid.shape[1] - order - 1])
+    return dense.scatter_add(-1, index, torch.stack(values, -1).masked_fill(dropped, 0.0))
+
+
+class _UniformBSplineBasis(torch.autograd.Function):
+    """``_uniform_bases`` with a backward that keeps only x (which the base branch keeps anyway) and recomputes the
+    local derivatives dB_{m-k+r}/dx = (b^{k-1}_{r-1} - b^{k-1}_r) / h."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, lo: torch.Tensor, step: torch.Tensor, grid_size: int, order: int) -> torch.Tensor:
-        u = (x - lo) / step + order  # position in knot steps from the first knot t_0
-        m = torch.floor(u)
-        values, lower = _uniform_local_bases(u - m, order)
-        num_bases = grid_size + order
-        inv_step = 1 / step
-        bases = x.new_zeros(*x.shape, num_bases)
-        saved = []
-        for r in range(order + 1):
-            j = m + (r - order)
-            dropped = (j < 0) | (j >= num_bases)  # False for NaN: its NaN values are kept, so NaN propagates
-            # clamp passes NaN through, and NaN.long() is INT64_MIN: map it to a valid index (identity elsewhere)
-            idx = j.clamp_(0, num_bases - 1).nan_to_num_(0.0).long().unsqueeze(-1)
-            bases.scatter_add_(-1, idx, values[r].masked_fill_(dropped, 0.0).unsqueeze(-1))
-            d = (lower[r - 1] if r > 0 else 0) - (lower[r] if r < order else 0)
-            saved += [idx, (d * inv_step).masked_fill_(dropped, 0.0)]
-        ctx.save_for_backward(*saved)
-        return bases
+    def forward(ctx, x: torch.Tensor, grid: torch.Tensor, order: int) -> torch.Tensor:
+        ctx.save_for_backward(x, grid)
+        ctx.order = order
+        return _uniform_bases(x, grid, order)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        saved = ctx.saved_tensors
-        dx = sum(grad.gather(-1, idx).squeeze(-1) * d for idx, d in zip(saved[::2], saved[1::2]))
-        return dx, None, None, None, None
+        x, grid = ctx.saved_tensors
+        index, dropped, _, lower, step = _uniform_local(x, grid, ctx.order)
+        zero = torch.zeros_like(x).unsqueeze(-1)
+        padded = torch.cat([zero, torch.stack(lower, -1), zero], -1)  # b^{k-1}_{-1} = b^{k-1}_k = 0
+        d = (padded[..., :-1] - padded[..., 1:]).masked_fill_(dropped, 0.0)
+        return (grad.gather(-1, index) * d).sum(-1) / step, None, None
+
+
+def _cox_de_boor_bases(x: torch.Tensor, grid: torch.Tensor, spline_order: int) -> torch.Tensor:
+    return _cox_de_boor(x, grid, spline_order)[0]
 
 
 def grid_is_uniform(grid: torch.Tensor) -> bool:
@@ -157,11 +173,12 @@ def b_spline_basis(x: torch.Tensor, grid: torch.Tensor, spline_order: int,
     """
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     x, grid = x.to(dtype), grid.to(dtype)
-    if not (grid_is_uniform(grid) if uniform is None else uniform):
-        return _BSplineBasis.apply(x, grid, spline_order)
-    step = (grid[:, -1] - grid[:, 0]) / (grid.shape[1] - 1)
-    grid_size = grid.shape[1] - 2 * spline_order - 1
-    return _UniformBSplineBasis.apply(x, grid[:, spline_order], step, grid_size, spline_order)
+    is_uniform = grid_is_uniform(grid) if uniform is None else uniform
+    if torch.jit.is_scripting():  # TorchScript cannot call autograd Functions: autograd differentiates the forward
+        return _uniform_bases(x, grid, spline_order) if is_uniform else _cox_de_boor_bases(x, grid, spline_order)
+    if is_uniform:
+        return apply_function(_UniformBSplineBasis, _uniform_bases, x, grid, spline_order)
+    return apply_function(_BSplineBasis, _cox_de_boor_bases, x, grid, spline_order)
 
 
 class BSplineKANLinear(KANLinearBase):
@@ -201,7 +218,7 @@ class BSplineKANLinear(KANLinearBase):
     ) -> None:
         super().__init__(in_features, out_features, base_activation, bias, coeff_init, device, dtype)
         dd = {'device': device, 'dtype': dtype}
-        self.fused = fused
+        self.fused = fused_option(fused)
         check_positive('grid_size', grid_size)
         check_positive('spline_order', spline_order)
         lo, hi = check_range('grid_range', grid_range)
@@ -214,7 +231,10 @@ class BSplineKANLinear(KANLinearBase):
         self.register_buffer('grid', uniform_knots(in_features, grid_size, spline_order, (lo, hi), device))
         self.spline_weight = nn.Parameter(torch.empty(out_features, in_features, grid_size + spline_order, **dd))
         self.spline_scaler = nn.Parameter(torch.empty(out_features, in_features, **dd))
+        self._uniform_key: Optional[tuple] = None
+        self._uniform = True
         self.reset_parameters()
+        self.register_load_state_dict_post_hook(BSplineKANLinear._check_grid)
 
     @property
     def num_bases(self) -> int:
@@ -224,6 +244,7 @@ class BSplineKANLinear(KANLinearBase):
     expansion_names = ('spline_weight',)
     argument_help = dict(KANLinearBase.argument_help, grid_size='B-spline grid intervals (>= 1)',
                          spline_order='spline order (>= 1)', grid_range="the grid's (low, high)", fused=FUSED_HELP)
+    kernel = 'bspline'
 
     def knots(self, i: int) -> torch.Tensor:
         return self.grid[i].detach().cpu()
@@ -236,6 +257,7 @@ class BSplineKANLinear(KANLinearBase):
         with torch.no_grad():
             self.grid.copy_(uniform_knots(
                 self.in_features, self.grid_size, self.spline_order, self.grid_range, self.grid.device))
+        self._check_grid()
         if self.coeff_init == 'variance':
             nn.init.ones_(self.spline_scaler)
             nn.init.normal_(self.spline_weight, std=self.variance_preserving_std())
@@ -258,25 +280,27 @@ class BSplineKANLinear(KANLinearBase):
     def edge_coefficients(self) -> torch.Tensor:
         return self.scaled_spline_weight()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if use_fused(x, self.fused, 'bspline'):
-            from ..kernels.bspline_triton import bspline_kan_matmul
-            y = bspline_kan_matmul(x, self.grid, self.scaled_spline_weight(), self.spline_order)
-            if self.bias is not None:
-                y = y + self.bias.to(y.dtype)  # as F.linear under autocast: no fp32 upcast of y
-        else:
-            bases = b_spline_basis(x, self.grid, self.spline_order, self._grid_is_uniform()).flatten(-2).to(x.dtype)
-            y = F.linear(bases, self.scaled_spline_weight().flatten(1), self.bias)
-        if self.base is not None:
-            y = y + self.base(x)
-        return y
+    def fused_expansion(self, x: torch.Tensor) -> torch.Tensor:
+        from ..kernels.bspline_triton import bspline_kan_matmul
+        return bspline_kan_matmul(x, self.grid, self.scaled_spline_weight(), self.spline_order)
+
+    def expansion(self, x: torch.Tensor) -> torch.Tensor:
+        bases = b_spline_basis(x, self.grid, self.spline_order, self._grid_is_uniform()).flatten(-2).to(x.dtype)
+        return F.linear(bases, self.scaled_spline_weight().flatten(1), self.bias)
 
     def _grid_is_uniform(self) -> bool:
-        """``grid_is_uniform`` of the knots, recomputed only when they change (update_grid, a state-dict load)."""
-        key = (self.grid._version, self.grid.data_ptr(), self.grid.device)
-        if getattr(self, '_uniform_key', None) != key:
-            self._uniform_key, self._uniform = key, grid_is_uniform(self.grid)
+        """``grid_is_uniform`` of the knots, rechecked in eager only when they change (a state-dict load, a move, an
+        in-place edit). Graph captures read the value kept by the last check (a Python bool, which torch.compile
+        guards on), so they hold no host sync on the knots; loads and ``update_grid`` check at once for them."""
+        if not torch.jit.is_scripting():
+            if not capturing():
+                self._check_grid()
         return self._uniform
+
+    def _check_grid(self, *_) -> None:
+        key = (self.grid._version, self.grid.data_ptr(), self.grid.device)
+        if self._uniform_key != key:
+            self._uniform_key, self._uniform = key, grid_is_uniform(self.grid)
 
     @torch.no_grad()
     def update_grid(
@@ -330,6 +354,7 @@ class BSplineKANLinear(KANLinearBase):
         self.grid.copy_(grid)
         self.spline_weight.copy_(new_coeff.permute(2, 0, 1))
         self.spline_scaler.fill_(1.0)
+        self._check_grid()
 
     def regularization_loss(self, regularize_activation: float = 1.0, regularize_entropy: float = 1.0) -> torch.Tensor:
         """KAN's sparsity regulariser: L1 of the mean |coefficient| per edge plus the entropy of its spread."""

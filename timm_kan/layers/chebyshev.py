@@ -18,32 +18,39 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..kernels import register_check_case, use_fused
-from .base import FUSED_HELP, KANLinearBase, check_positive, fused_check_case
+from ..kernels import register_check_case
+from .base import FUSED_HELP, KANLinearBase, apply_function, check_positive, fused_check_case, fused_option
 
 __all__ = ['ChebyshevKANLinear', 'chebyshev_basis', 'chebyshev_powers']
 
 
+def _chebyshev_powers(x: torch.Tensor, degree: int) -> torch.Tensor:
+    """T_1..T_degree of t = tanh(x), stacked (..., degree, in): T_{k+1} = 2 t T_k - T_{k-1}, T_0 = 1. Each T_k is its
+    own contiguous tensor until the one copy into the GEMM operand (no writes into views: graphs capture it)."""
+    t = torch.tanh(x)
+    powers = [t]
+    for k in range(2, degree + 1):
+        step = torch.mul(t, powers[-1]).mul_(2)
+        powers.append(step.sub_(powers[-2]) if k > 2 else step.sub_(1))
+    return torch.stack(powers, -2)
+
+
 class _ChebyshevBasis(torch.autograd.Function):
-    """T_1..T_d of t = tanh(x) laid out (..., d, in): each T_k is written as one contiguous (..., in) block
-    (T_0 = 1 is left out: its coefficients act as a bias), and the backward needs only t:
-    dT_k/dx = k U_{k-1}(t) (1 - t^2), with U_0 = 1, U_1 = 2t, U_{k+1} = 2t U_k - U_{k-1} (second kind)."""
+    """``_chebyshev_powers`` (T_0 = 1 is left out: its coefficients act as a bias) with a backward that needs only
+    t = T_1, which it reads from the output the GEMM keeps anyway: dT_k/dx = k U_{k-1}(t) (1 - t^2), with U_0 = 1,
+    U_1 = 2t, U_{k+1} = 2t U_k - U_{k-1} (second kind)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, degree: int) -> torch.Tensor:
-        t = torch.tanh(x)
-        out = x.new_empty(*x.shape[:-1], degree, x.shape[-1])
-        out[..., 0, :] = t
-        for k in range(2, degree + 1):  # T_k = 2 t T_{k-1} - T_{k-2}, T_0 = 1
-            step = torch.mul(t, out[..., k - 2, :], out=out[..., k - 1, :]).mul_(2)
-            step.sub_(out[..., k - 3, :]) if k > 2 else step.sub_(1)
-        ctx.save_for_backward(t)
+        out = _chebyshev_powers(x, degree)
+        ctx.save_for_backward(out)
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        (t,) = ctx.saved_tensors
+        (out,) = ctx.saved_tensors
+        t = out[..., 0, :]
         degree = grad.shape[-2]
         acc = grad[..., 0, :].clone()
         u_prev, u = None, 2 * t
@@ -61,8 +68,10 @@ def chebyshev_powers(x: torch.Tensor, degree: int) -> torch.Tensor:
     The recurrence runs in fp32 for fp16/bf16 inputs (as in the fused kernel): in bf16 its rounding
     errors grow with the degree.
     """
-    half = x.dtype in (torch.float16, torch.bfloat16)
-    return _ChebyshevBasis.apply(x.float() if half else x, degree).to(x.dtype)
+    xc = x.float() if x.dtype == torch.float16 or x.dtype == torch.bfloat16 else x
+    if torch.jit.is_scripting():  # TorchScript cannot call autograd Functions: autograd keeps every T_k here
+        return _chebyshev_powers(xc, degree).to(x.dtype)
+    return apply_function(_ChebyshevBasis, _chebyshev_powers, xc, degree).to(x.dtype)
 
 
 def chebyshev_basis(x: torch.Tensor, degree: int) -> torch.Tensor:
@@ -99,7 +108,7 @@ class ChebyshevKANLinear(KANLinearBase):
     ) -> None:
         super().__init__(in_features, out_features, base_activation, bias, coeff_init, device, dtype)
         check_positive('degree', degree)
-        self.fused = fused
+        self.fused = fused_option(fused)
         self.degree = degree
         self.coeffs = nn.Parameter(torch.empty(out_features, in_features, degree + 1, device=device, dtype=dtype))
         self.reset_parameters()
@@ -107,6 +116,7 @@ class ChebyshevKANLinear(KANLinearBase):
     coefficient_names = ('coeffs',)
     expansion_names = ('coeffs',)
     argument_help = dict(KANLinearBase.argument_help, degree='highest Chebyshev degree (>= 1)', fused=FUSED_HELP)
+    kernel = 'chebyshev'
 
     def reset_coefficients(self) -> None:
         # published: std 1 / (in * (degree + 1)), as the published Chebyshev KAN initialises its coefficients
@@ -120,22 +130,18 @@ class ChebyshevKANLinear(KANLinearBase):
     def edge_coefficients(self) -> torch.Tensor:
         return self.coeffs
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if use_fused(x, self.fused, 'chebyshev'):
-            from ..kernels.chebyshev_triton import chebyshev_kan_matmul
-            y = chebyshev_kan_matmul(x, self.coeffs)
-            if self.bias is not None:
-                y = y + self.bias.to(y.dtype)  # as F.linear under autocast: no fp32 upcast of y
-        else:
-            # T_0 = 1, so its coefficients sum to a bias and the GEMM runs on T_1..T_d only (K = in * d); K is
-            # ordered (degree, in) so the basis is written in contiguous blocks and only the small weight moves
-            bias = self.coeffs[..., 0].sum(1)
-            bias = bias if self.bias is None else bias + self.bias
-            powers = chebyshev_powers(x, self.degree).flatten(-2)
-            y = F.linear(powers, self.coeffs[..., 1:].transpose(1, 2).flatten(1), bias)
-        if self.base is not None:
-            y = y + self.base(x)
-        return y
+    def fused_expansion(self, x: torch.Tensor) -> torch.Tensor:
+        from ..kernels.chebyshev_triton import chebyshev_kan_matmul
+        return chebyshev_kan_matmul(x, self.coeffs)
+
+    def expansion(self, x: torch.Tensor) -> torch.Tensor:
+        # T_0 = 1, so its coefficients sum to a bias and the GEMM runs on T_1..T_d only (K = in * d); K is
+        # ordered (degree, in) so the basis is built in contiguous blocks and only the small weight moves
+        bias = self.coeffs[..., 0].sum(1)
+        if self.bias is not None:
+            bias = bias + self.bias
+        powers = chebyshev_powers(x, self.degree).flatten(-2)
+        return F.linear(powers, self.coeffs[..., 1:].transpose(1, 2).flatten(1), bias)
 
     def extra_repr(self) -> str:
         return (

@@ -120,12 +120,14 @@ class KANMlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.drop1(self.kan1(x))
-        device = x.device.type
-        if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
-            # autocast would return the norm in fp32, and both it and kan2 would keep that fp32 copy of the
-            # hidden activations for backward: run it in kan1's output dtype (statistics are fp32 inside)
-            with torch.autocast(device, enabled=False):
-                x = self.norm(x)
-        else:
-            x = self.norm(x)
-        return self.drop2(self.kan2(x))
+        return self.drop2(self.kan2(self._mid_norm(x)))
+
+    def _mid_norm(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():  # (TorchScript has no autocast state to ask)
+            device = x.device.type
+            if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+                # autocast would return the norm in fp32, and both it and kan2 would keep that fp32 copy of the
+                # hidden activations for backward: run it in kan1's output dtype (statistics are fp32 inside)
+                with torch.autocast(device, enabled=False):
+                    return self.norm(x)
+        return self.norm(x)

@@ -17,8 +17,8 @@ from typing import Any, Collection, Dict, Optional, Tuple, Type
 import torch
 from torch import nn
 
-from ..kernels import register_check_case, use_fused
-from .base import FUSED_HELP, HIDDEN_HELP, check_positive, fused_check_case
+from ..kernels import register_check_case
+from .base import FUSED_HELP, HIDDEN_HELP, apply_function, check_positive, fused_check_case, fused_option, run_fused
 
 __all__ = ['GroupRational', 'GRKANMlp', 'RATIONAL_INITS']
 
@@ -34,65 +34,85 @@ RATIONAL_INITS = {
 
 
 def _horner(coeffs: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """sum_i coeffs[..., i] * x^i, coefficients broadcast against x."""
-    out = coeffs[..., -1]
-    for i in range(coeffs.shape[-1] - 2, -1, -1):
-        out = out * x + coeffs[..., i]
+    """sum_i coeffs[:, i] * x^i, the (groups, n, 1) coefficients broadcast over each group's channels."""
+    out = coeffs[:, -1] * x + coeffs[:, -2]
+    for i in range(coeffs.shape[1] - 3, -1, -1):
+        out = out * x + coeffs[:, i]
     return out
 
 
-# |x| up to which the direct form P(x) / Q(x) is evaluated (x^5 is far from fp32's range there); beyond it the
-# x^-4-scaled form keeps every power finite
-_DIRECT_MAX = 1e4
+def _forms(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(small, xs, xl, u): the direct form P(x) / Q(x) is a polynomial in xs on |x| <= 1; elsewhere numerator and
+    denominator are divided by x^4, polynomials in u = 1 / xl, so that no power overflows. Each form reads only
+    inputs it is safe on (xs = 0, xl = 1 where unused): no inf or NaN for torch.where to leak into gradients."""
+    small = x.abs() <= 1
+    xl = torch.where(small, 1.0, x)
+    return small, torch.where(small, x, 0.0), xl, xl.reciprocal()
 
 
-class _GroupRationalDirect(torch.autograd.Function):
-    """P(x) / Q(x) per channel group by Horner's rule, x shaped (rows, groups, channels per group), with the
-    gradients for x and both coefficient sets in one closed-form backward (no per-power temporaries kept):
+def _numerator_denominator(forms: Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], a: torch.Tensor,
+                           c: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(N, D) = (P, Q) on |x| <= 1, (P, Q) / x^4 elsewhere, for a = a_0..a_5 and c = 1, |b_1|..|b_4| (groups, n, 1)."""
+    small, xs, xl, u = forms
+    n = torch.where(small, _horner(a, xs), _horner(a.flip(1), u) * xl)  # a_5 x + a_4 + a_3 u + ... + a_0 u^4
+    d = torch.where(small, _horner(c, xs.abs()), _horner(c.flip(1), u.abs()))  # |b_4| + |b_3| |u| + ... + u^4
+    return n, d
 
-        dy/dx = (P'(x) - y Q'(x)) / Q(x),   dy/da_i = x^i / Q,   dy/db_j = -y |x|^j sign(b_j) / Q
-    """
+
+def _coefficients(a: torch.Tensor, b: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(groups, 6, 1) numerator and (groups, 5, 1) denominator coefficients 1, |b_1|..|b_4|; the |b| has gradient
+    +1 at b = 0 (abs() has 0 there, and the identity init starts at b = 0 exactly: it would never train)."""
+    c = torch.cat([torch.ones_like(b[:, :1]), torch.where(b >= 0, b, -b)], 1)
+    return a[:, :, None], c[:, :, None]
+
+
+def group_rational_reference(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """P(x) / Q(x) on x (rows, groups, channels per group) with a (groups, 6), b (groups, 4); finite for every
+    finite x that does not overflow the output itself."""
+    n, d = _numerator_denominator(_forms(x), *_coefficients(a, b))
+    return n / d
+
+
+def _power_sums(weight: torch.Tensor, small: torch.Tensor, direct: torch.Tensor, scaled: torch.Tensor,
+                first: torch.Tensor, n: int) -> torch.Tensor:
+    """sum over rows and channels of weight * dN/dcoef_i (or dD/dcoef_i), i = 0..n, (groups, n + 1): direct^i on
+    |x| <= 1, first * scaled^(n - i) elsewhere (the coefficient's term of the x^-4-scaled polynomial)."""
+    on_direct, on_scaled = torch.where(small, weight, 0.0), torch.where(small, 0.0, weight) * first
+    sums = []
+    for _ in range(n + 1):
+        sums.append((on_direct.sum((0, 2)), on_scaled.sum((0, 2))))
+        on_direct, on_scaled = on_direct * direct, on_scaled * scaled
+    return torch.stack([sums[i][0] + sums[n - i][1] for i in range(n + 1)], -1)
+
+
+class _GroupRational(torch.autograd.Function):
+    """``group_rational_reference`` with a closed-form backward that keeps only x and y (y is what the next
+    layer keeps anyway) and recomputes the rest: dy/dx = (N' - y D') / D, with N' = P' and D' = dQ/dx, both
+    divided by x^4 on the scaled form; dy/da_i = dN/da_i / D, dy/d|b_j| = -y dD/d|b_j| / D."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        a, b_abs = a[:, :, None], b.abs()[:, :, None]  # (groups, n, 1): broadcast over the group's channels
-        p = torch.addcmul(a[:, 4], a[:, 5], x)
-        for i in (3, 2, 1, 0):
-            p = torch.addcmul(a[:, i], p, x)
-        ax = x.abs()
-        q = torch.addcmul(b_abs[:, 2], b_abs[:, 3], ax)
-        for j in (1, 0):
-            q = torch.addcmul(b_abs[:, j], q, ax)
-        q = q.mul_(ax).add_(1)
-        y = p.div_(q)
-        ctx.save_for_backward(x, a, b_abs, b, q, y)
+        y = group_rational_reference(x, a, b)
+        ctx.save_for_backward(x, y, a, b)
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        x, a, b_abs, b, q, y = ctx.saved_tensors
-        r = grad / q
-        dp = torch.addcmul(a[:, 4] * 4, a[:, 5] * 5, x)  # P' by Horner
-        for i in (3, 2, 1):
-            dp = torch.addcmul(a[:, i] * i, dp, x)
-        ax = x.abs()
-        dq = torch.addcmul(b_abs[:, 2] * 3, b_abs[:, 3] * 4, ax)  # d/d|x| of Q by Horner
-        for j in (1, 0):
-            dq = torch.addcmul(b_abs[:, j] * (j + 1), dq, ax)
-        dx = dp.sub_(dq.mul_(y).mul_(torch.sign(x))).mul_(r)
-        sums = [r.sum((0, 2))]
-        power = r
-        for _ in range(5):
-            power = power * x
-            sums.append(power.sum((0, 2)))
-        power = -r * y
-        for _ in range(4):
-            power = power * ax
-            sums.append(power.sum((0, 2)))
-        grads = torch.stack(sums, -1)  # (groups, 10)
-        # |b| with gradient +1 at b = 0, as the general path (the identity init starts at b = 0)
-        return dx, grads[:, :6], grads[:, 6:] * torch.where(b >= 0, 1.0, -1.0)
+        x, y, a, b = ctx.saved_tensors
+        forms = _forms(x)
+        small, xs, xl, u = forms
+        a, c = _coefficients(a, b)
+        _, d = _numerator_denominator(forms, a, c)
+        da = a[:, 1:] * torch.arange(1, 6, dtype=a.dtype, device=a.device)[:, None]  # P' = sum i a_i x^(i-1)
+        dc = c[:, 1:] * torch.arange(1, 5, dtype=c.dtype, device=c.device)[:, None]
+        dn = torch.where(small, _horner(da, xs), _horner(da.flip(1), u))
+        dd = torch.sign(x) * torch.where(small, _horner(dc, xs.abs()), _horner(dc.flip(1), u.abs()) * u.abs())
+        r = grad / d
+        dx = (dn - y * dd) * r
+        grad_a = _power_sums(r, small, xs, u, xl, 5)
+        grad_c = _power_sums(-r * y, small, xs.abs(), u.abs(), torch.ones_like(x), 4)
+        return dx, grad_a, grad_c[:, 1:] * torch.where(b >= 0, 1.0, -1.0)
 
 
 class GroupRational(nn.Module):
@@ -120,7 +140,7 @@ class GroupRational(nn.Module):
             dtype=None,
     ) -> None:
         super().__init__()
-        self.fused = fused
+        self.fused = fused_option(fused)
         if groups < 1 or num_channels % groups:
             raise ValueError(f'groups must divide num_channels={num_channels}, got groups={groups}')
         if init not in RATIONAL_INITS:
@@ -143,18 +163,23 @@ class GroupRational(nn.Module):
         self.reset_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
+        if x.shape[-1] != self.num_channels:
+            raise ValueError(f'GroupRational expects {self.num_channels} channels, got {x.shape[-1]}')
+        if not torch.jit.is_scripting():  # (TorchScript compiles only what a bare is_scripting() test leaves)
+            if run_fused(x, self.fused, 'rational'):
+                return self._fused(x)
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        if shape[-1] != self.num_channels:
-            raise ValueError(f'GroupRational expects {self.num_channels} channels, got {shape[-1]}')
-        if use_fused(x, self.fused, 'rational'):
-            from ..kernels.rational_triton import group_rational
-            return group_rational(x, self.numerator, self.denominator)
-        xg = x.to(dtype).reshape(-1, self.groups, shape[-1] // self.groups)
-        if xg.device.type == 'meta' or (xg.numel() and xg.abs().max() <= _DIRECT_MAX):
-            y = _GroupRationalDirect.apply(xg, self.numerator.to(dtype), self.denominator.to(dtype))
-            return y.reshape(shape).to(x.dtype)
-        return self._scaled_form(xg).reshape(shape).to(x.dtype)
+        xg = x.to(dtype).reshape(-1, self.groups, self.num_channels // self.groups)
+        a, b = self.numerator.to(dtype), self.denominator.to(dtype)
+        if torch.jit.is_scripting():  # TorchScript cannot call autograd Functions: autograd differentiates it
+            y = group_rational_reference(xg, a, b)
+        else:
+            y = apply_function(_GroupRational, group_rational_reference, xg, a, b)
+        return y.reshape(x.shape).to(x.dtype)
+
+    def _fused(self, x: torch.Tensor) -> torch.Tensor:
+        from ..kernels.rational_triton import group_rational
+        return group_rational(x, self.numerator, self.denominator)
 
     @torch.no_grad()
     def group_functions(self, u: torch.Tensor) -> torch.Tensor:
@@ -165,23 +190,6 @@ class GroupRational(nn.Module):
     def initial_functions(self, u: torch.Tensor) -> torch.Tensor:
         """Each group's phi at initialisation (its ``init`` fit) on the values u (n,) -> (groups, n)."""
         return GroupRational(self.groups, self.groups, self.init).group_functions(u.cpu())
-
-    def _scaled_form(self, xg: torch.Tensor) -> torch.Tensor:
-        """P / Q on any input: the direct form for |x| <= 1, the x^-4-scaled form elsewhere (autograd)."""
-        dtype = xg.dtype
-        a = self.numerator.to(dtype)[:, None, :]  # (groups, 1, 6): broadcast over the channels of a group
-        den = self.denominator.to(dtype)
-        # |b| with gradient +1 at b = 0 (abs() has 0 there, and the identity init starts at b = 0 exactly,
-        # so its denominator would never train)
-        b = torch.where(den >= 0, den, -den)[:, None, :]
-        small = xg.abs() <= 1
-        # direct form on |x| <= 1; x^-4-scaled form elsewhere (each branch sees only safe inputs)
-        xs = torch.where(small, xg, torch.zeros_like(xg))
-        direct = _horner(a, xs) / (1 + xs.abs() * _horner(b, xs.abs()))
-        u = 1 / torch.where(small, torch.ones_like(xg), xg)
-        num_scaled = _horner(a.flip(-1), u) * torch.where(small, torch.ones_like(xg), xg)  # a5 x + a4 + a3 u + ...
-        den_scaled = _horner(torch.cat([b.flip(-1), torch.ones_like(b[..., :1])], -1), u.abs())
-        return torch.where(small, direct, num_scaled / den_scaled)
 
     def extra_repr(self) -> str:
         return f'num_channels={self.num_channels}, groups={self.groups}, order=(5, 4), init={self.init}'

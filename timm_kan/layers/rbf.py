@@ -13,31 +13,35 @@ the backward is closed-form from the saved bases: d/dx exp(-z^2) = -2 z phi / h 
 d/dx (1 - tanh(z)^2) = -2 tanh(z) phi / h.
 """
 import math
-from typing import Optional, Sequence, Type, Tuple
+from typing import List, Optional, Type, Tuple
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .base import KANLinearBase, check_range
+from .base import KANLinearBase, apply_function, check_range
 
 __all__ = ['RBFKANLinear', 'RBF_BASES', 'rbf_basis']
 
 RBF_BASES = ('gaussian', 'rswaf')
 
 
+def _rbf_bases(x: torch.Tensor, centers: List[float], width: float, basis: str) -> torch.Tensor:
+    """(..., in) -> (..., G, in) radial bases, one contiguous (..., in) block per centre until the one copy into the
+    GEMM operand (out of place: TorchScript's path differentiates this with autograd)."""
+    bases = []
+    for c in centers:
+        z = (x - c) * (1 / width)
+        bases.append(torch.exp(-(z * z)) if basis == 'gaussian' else 1 - torch.tanh(z).square())
+    return torch.stack(bases, -2)
+
+
 class _RBFBasis(torch.autograd.Function):
     """(..., in) -> (..., G, in) radial bases; backward from the saved bases (which the GEMM keeps anyway)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, centers: Sequence[float], width: float, basis: str) -> torch.Tensor:
-        out = x.new_empty(*x.shape[:-1], len(centers), x.shape[-1])
-        for g, c in enumerate(centers):
-            z = (x - c).mul_(1 / width)
-            if basis == 'gaussian':
-                torch.exp(z.square_().neg_(), out=out[..., g, :])
-            else:
-                torch.sub(1, z.tanh_().square_(), out=out[..., g, :])
+    def forward(ctx, x: torch.Tensor, centers: List[float], width: float, basis: str) -> torch.Tensor:
+        out = _rbf_bases(x, centers, width, basis)
         ctx.save_for_backward(x, out)
         ctx.centers, ctx.width, ctx.basis = centers, width, basis
         return out
@@ -55,9 +59,16 @@ class _RBFBasis(torch.autograd.Function):
         return dx, None, None, None
 
 
+def _radial_bases(x: torch.Tensor, centers: List[float], width: float, basis: str) -> torch.Tensor:
+    """``_RBFBasis``, or under TorchScript (which cannot call autograd Functions) its forward under autograd."""
+    if torch.jit.is_scripting():
+        return _rbf_bases(x, centers, width, basis)
+    return apply_function(_RBFBasis, _rbf_bases, x, centers, width, basis)
+
+
 def rbf_basis(x: torch.Tensor, centers: torch.Tensor, width: float, basis: str) -> torch.Tensor:
     """(..., in) -> (..., in, G) radial bases (a view of the layer's (..., G, in) GEMM layout)."""
-    return _RBFBasis.apply(x, tuple(centers.tolist()), width, basis).transpose(-1, -2)
+    return _radial_bases(x, centers.tolist(), width, basis).transpose(-1, -2)
 
 
 class RBFKANLinear(KANLinearBase):
@@ -101,8 +112,9 @@ class RBFKANLinear(KANLinearBase):
         self.width = (hi - lo) / (grid_size - 1)
         self.norm = nn.LayerNorm(in_features, **dd)
         self.register_buffer('centers', torch.linspace(lo, hi, grid_size, device=device), persistent=False)
-        self.center_values = tuple(self.centers.tolist()) if self.centers.device.type != 'meta' else \
-            tuple(lo + i * self.width for i in range(grid_size))
+        # a list of numbers: graph captures and TorchScript read them as constants
+        self.center_values = self.centers.tolist() if self.centers.device.type != 'meta' else \
+            [lo + i * self.width for i in range(grid_size)]
         self.spline_weight = nn.Parameter(torch.empty(out_features, in_features, grid_size, **dd))
         self.reset_parameters()
 
@@ -143,13 +155,10 @@ class RBFKANLinear(KANLinearBase):
         phi = self.edge_functions(self.edge_inputs(x), base=False)
         return phi + self.base_terms(x) if self.base is not None else phi
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def expansion(self, x: torch.Tensor) -> torch.Tensor:
         # K ordered (centre, in): each centre's bases are one contiguous block, only the small weight moves
-        bases = _RBFBasis.apply(self.norm(x), self.center_values, self.width, self.basis)
-        y = F.linear(bases.flatten(-2), self.spline_weight.transpose(1, 2).flatten(1), self.bias)
-        if self.base is not None:
-            y = y + self.base(x)
-        return y
+        bases = _radial_bases(self.norm(x), self.center_values, self.width, self.basis)
+        return F.linear(bases.flatten(-2), self.spline_weight.transpose(1, 2).flatten(1), self.bias)
 
     def extra_repr(self) -> str:
         return (f'in_features={self.in_features}, out_features={self.out_features}, grid_size={self.grid_size}, '

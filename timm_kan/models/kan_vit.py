@@ -95,6 +95,11 @@ class KANVisionTransformer(VisionTransformer):
         **kwargs: ``VisionTransformer`` arguments.
     """
 
+    def __new__(cls, *args, pos_embed: str = 'learn', **kwargs) -> 'KANVisionTransformer':
+        # sincos2d has its own class, so that this one keeps timm's _pos_embed: TorchScript cannot compile an
+        # override that calls super()
+        return super().__new__(_SincosKANVisionTransformer if pos_embed == 'sincos2d' else cls)
+
     def __init__(self, kan_args: Dict[str, Any], pos_embed: str = 'learn', **kwargs) -> None:
         if pos_embed not in POS_EMBEDS:
             raise ValueError(f'pos_embed must be one of {POS_EMBEDS}, got {pos_embed!r}')
@@ -120,35 +125,7 @@ class KANVisionTransformer(VisionTransformer):
         if weight_init != 'skip':  # timm's init, after every block has its width
             self.init_weights(needs_reset=False)
         self.pos_embed_type = pos_embed
-        if pos_embed == 'sincos2d':
-            check_sincos2d(self.embed_dim, self.patch_embed.img_size, self.patch_embed.patch_size)
-            # fixed, so not trained and not in the state dict: a checkpoint never has to carry it
-            self.register_buffer('sincos_pos_embed', self._sincos_table(), persistent=False)
         self.pretrained_load: Optional[LoadReport] = None
-
-    def _sincos_table(self) -> torch.Tensor:
-        return sincos2d_pos_embed(*self.patch_embed.grid_size, self.embed_dim,
-                                  device=self.patch_embed.proj.weight.device)[None]
-
-    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
-        """timm's, or for ``sincos2d`` the fixed table added to the patch tokens (the class token carries none)."""
-        if self.pos_embed_type != 'sincos2d':
-            return super()._pos_embed(x)
-        if self.dynamic_img_size:
-            batch, height, width, dim = x.shape
-            table = sincos2d_pos_embed(height, width, dim, device=x.device)[None]
-            x = x.view(batch, -1, dim)
-        else:
-            table = self.sincos_pos_embed
-        x = x + table.to(x.dtype)
-        prefix = [t.expand(x.shape[0], -1, -1) for t in (self.cls_token, self.reg_token) if t is not None]
-        return self.pos_drop(torch.cat(prefix + [x], dim=1) if prefix else x)
-
-    def set_input_size(self, img_size=None, patch_size=None) -> None:
-        super().set_input_size(img_size=img_size, patch_size=patch_size)
-        if self.pos_embed_type == 'sincos2d':
-            check_sincos2d(self.embed_dim, self.patch_embed.img_size, self.patch_embed.patch_size)
-            self.sincos_pos_embed = self._sincos_table()
 
     @property
     def checkpoint_layout(self) -> Optional[str]:
@@ -180,6 +157,39 @@ def _block_widths(kan_hidden: Any, depth: int) -> Optional[List[int]]:
         raise ValueError(f'kan_hidden has {len(kan_hidden)} widths for {depth} blocks: give one per block or a '
                          'single one')
     return list(kan_hidden)
+
+
+class _SincosKANVisionTransformer(KANVisionTransformer):
+    """A KAN-ViT with ``pos_embed='sincos2d'``: the fixed 2-D sin-cos table added to the patch tokens (the class
+    token carries none), kept as a buffer outside the state dict."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        check_sincos2d(self.embed_dim, self.patch_embed.img_size, self.patch_embed.patch_size)
+        # fixed, so not trained and not in the state dict: a checkpoint never has to carry it
+        self.register_buffer('sincos_pos_embed', self._sincos_table(), persistent=False)
+
+    def _sincos_table(self) -> torch.Tensor:
+        return sincos2d_pos_embed(*self.patch_embed.grid_size, self.embed_dim,
+                                  device=self.patch_embed.proj.weight.device)[None]
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dynamic_img_size:
+            batch, height, width, dim = x.shape
+            table = sincos2d_pos_embed(height, width, dim, device=x.device)[None]
+            x = x.view(batch, -1, dim)
+        else:
+            table = self.sincos_pos_embed
+        tokens = [x + table.to(x.dtype)]
+        for prefix in (self.reg_token, self.cls_token):  # timm's order: class token, registers, patches
+            if prefix is not None:
+                tokens.insert(0, prefix.expand(x.shape[0], -1, -1))
+        return self.pos_drop(torch.cat(tokens, dim=1))
+
+    def set_input_size(self, img_size=None, patch_size=None) -> None:
+        super().set_input_size(img_size=img_size, patch_size=patch_size)
+        check_sincos2d(self.embed_dim, self.patch_embed.img_size, self.patch_embed.patch_size)
+        self.sincos_pos_embed = self._sincos_table()
 
 
 @dataclass
