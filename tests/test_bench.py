@@ -112,3 +112,11 @@ def test_mission_table_takes_gpu_ratios_from_a_bench_file(tmp_path):
     assert '| `chebykan_vit_*` | Chebyshev KAN, degree 3 | 2.96x | 2.27x | 1.55x |' in table
     assert '| `kan_vit_*` | B-spline KAN, grid 5, order 3 | 6.89x | 6.08x | 7.90x |' in table
     assert '| `grkan_vit_*` | group-rational KAN, 8 groups | 1.00x | 1.00x | not measured yet |' in table
+
+
+def test_compiled_rows_follow_each_variant():
+    from timm_kan.bench import bench_ffn
+
+    rows = bench_ffn(32, 8, 16, dtype='float32', device='cpu', warmup=1, reps=1, only=['mlp'], compiled=True)
+    assert [r['variant'] for r in rows] == ['mlp', 'mlp compiled']
+    assert all(r['fwd_bwd_ms'] > 0 and r['fwd_bwd_vs_mlp'] > 0 for r in rows) and rows[0]['fwd_bwd_vs_mlp'] == 1.0

@@ -105,12 +105,15 @@ def _gemm_flops(module: nn.Module, x: torch.Tensor) -> int:
 
 
 def _measure_variant(make: Callable[[], nn.Module], x: torch.Tensor, amp_dtype: torch.dtype, warmup: int,
-                     reps: int) -> Dict[str, Any]:
-    """Forward and forward+backward milliseconds, GEMM FLOPs and (CUDA) peak extra memory of one FFN."""
+                     reps: int, compiled: bool = False) -> Dict[str, Any]:
+    """Forward and forward+backward milliseconds, GEMM FLOPs and (CUDA) peak extra memory of one FFN, run eagerly
+    or through ``torch.compile`` (its compilation happens in the warmup)."""
     dev = x.device
     torch.manual_seed(0)
     module = make().to(dev)
     row: Dict[str, Any] = dict(gemm_flops=_gemm_flops(module, x[:8].detach()))
+    if compiled:
+        module = torch.compile(module)
 
     def fwd():
         with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32):
@@ -136,12 +139,13 @@ def _measure_variant(make: Callable[[], nn.Module], x: torch.Tensor, amp_dtype: 
 
 def bench_ffn(
         tokens: int, dim: int, hidden: int, degree: int = 3, dtype: str = 'bfloat16', device: Optional[str] = None,
-        warmup: int = 3, reps: int = 10, only: Optional[Sequence[str]] = None,
+        warmup: int = 3, reps: int = 10, only: Optional[Sequence[str]] = None, compiled: bool = False,
 ) -> List[Dict[str, Any]]:
-    """Rows of forward / forward+backward time and peak extra memory per FFN variant, with ratios to the MLP,
-    and each variant's GEMM floor: its matrix-product FLOPs as a multiple of the MLP's.
+    """Rows of forward / forward+backward time and peak extra memory per FFN variant, with ratios to the (eager)
+    MLP, and each variant's GEMM floor: its matrix-product FLOPs as a multiple of the MLP's.
 
-    ``only`` keeps these variants, in its order (the MLP always runs, first). A variant that runs out of memory
+    ``only`` keeps these variants, in its order (the MLP always runs, first). ``compiled`` adds, after each
+    variant's row, a ``'<variant> compiled'`` row run through ``torch.compile``. A variant that runs out of memory
     gets a row with no figures and the note ``out of memory``.
     """
     from .kernels import triton_available
@@ -158,19 +162,21 @@ def bench_ffn(
 
     chosen = ['mlp', *dict.fromkeys(n for n in only if n != 'mlp')] if only else list(variants)
     started = time.perf_counter()
+    runs = [(name, c) for name in chosen for c in ((False, True) if compiled else (False,))]
     rows = []
-    for name in chosen:
+    for name, compile_it in runs:
         make = variants[name]
-        row: Dict[str, Any] = dict(variant=name, forward_ms=None, fwd_bwd_ms=None, peak_extra_mib=None, note='')
+        row: Dict[str, Any] = dict(variant=f'{name} compiled' if compile_it else name, forward_ms=None,
+                                   fwd_bwd_ms=None, peak_extra_mib=None, note='')
         x = torch.randn(tokens, dim, device=dev, requires_grad=True)
         try:
-            row.update(_measure_variant(make, x, amp_dtype, warmup, reps))
+            row.update(_measure_variant(make, x, amp_dtype, warmup, reps, compile_it))
         except torch.OutOfMemoryError:
             row.update(forward_ms=None, fwd_bwd_ms=None, note='out of memory')
         x = None
         release_memory(dev)
         rows.append(row)
-        progress_line(f'bench ffn {len(rows)}/{len(chosen)} {name}: ' + (
+        progress_line(f'bench ffn {len(rows)}/{len(runs)} {row["variant"]}: ' + (
             row['note'] if row['note'] else
             f"forward {row['forward_ms']:.3f} ms, forward+backward {row['fwd_bwd_ms']:.3f} ms"), start=started)
     mlp = rows[0]
@@ -249,6 +255,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--reps', type=count, default=20 if cuda else 3)
     p.add_argument('--warmup', type=bounded(int, low=0), default=5 if cuda else 1)
     p.add_argument('--variants', nargs='*', default=None, help='FFN variants to run (default: all; MLP always)')
+    p.add_argument('--compile', action='store_true', help="also run each FFN variant through torch.compile")
     p.add_argument('--models', nargs='*', default=[
         'vit_base_patch16_224', *(f'{f.prefix}_base_patch16_224' for f in KAN_FAMILIES.values())] if cuda else [],
         help='models for the training images/s table')
@@ -303,7 +310,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         command=' '.join(['timm-kan bench', *(sys.argv[1:] if argv is None else argv)]),
         shape=dict(tokens=args.tokens, dim=args.dim, hidden=args.hidden), dtype=args.dtype, reps=args.reps)
     result['ffn'] = bench_ffn(args.tokens, args.dim, args.hidden, args.degree, args.dtype, args.device,
-                              args.warmup, args.reps, args.variants)
+                              args.warmup, args.reps, args.variants, args.compile)
     common = dict(img_size=args.img_size, dtype=args.dtype, device=args.device, steps=args.steps,
                   warmup=min(args.warmup, 3), model_kwargs=args.model_kwargs)
 

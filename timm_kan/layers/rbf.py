@@ -66,9 +66,9 @@ def _radial_bases(x: torch.Tensor, centers: List[float], width: float, basis: st
     return apply_function(_RBFBasis, _rbf_bases, x, centers, width, basis)
 
 
-def rbf_basis(x: torch.Tensor, centers: torch.Tensor, width: float, basis: str) -> torch.Tensor:
+def rbf_basis(x: torch.Tensor, centers: List[float], width: float, basis: str) -> torch.Tensor:
     """(..., in) -> (..., in, G) radial bases (a view of the layer's (..., G, in) GEMM layout)."""
-    return _radial_bases(x, centers.tolist(), width, basis).transpose(-1, -2)
+    return _radial_bases(x, centers, width, basis).transpose(-1, -2)
 
 
 class RBFKANLinear(KANLinearBase):
@@ -111,10 +111,9 @@ class RBFKANLinear(KANLinearBase):
         self.basis = basis
         self.width = (hi - lo) / (grid_size - 1)
         self.norm = nn.LayerNorm(in_features, **dd)
-        self.register_buffer('centers', torch.linspace(lo, hi, grid_size, device=device), persistent=False)
-        # a list of numbers: graph captures and TorchScript read them as constants
-        self.center_values = self.centers.tolist() if self.centers.device.type != 'meta' else \
-            [lo + i * self.width for i in range(grid_size)]
+        # a list of numbers, not a buffer: graph captures and TorchScript read them as constants, and a model built
+        # empty and then loaded (transformers does) cannot lose them
+        self.center_values = torch.linspace(lo, hi, grid_size).tolist()
         self.spline_weight = nn.Parameter(torch.empty(out_features, in_features, grid_size, **dd))
         self.reset_parameters()
 
@@ -141,7 +140,7 @@ class RBFKANLinear(KANLinearBase):
         nn.init.uniform_(self.spline_weight, -bound, bound)
 
     def edge_basis(self, u: torch.Tensor) -> torch.Tensor:
-        return rbf_basis(u, self.centers.to(u), self.width, self.basis)
+        return rbf_basis(u, self.center_values, self.width, self.basis)
 
     def edge_coefficients(self) -> torch.Tensor:
         return self.spline_weight
