@@ -99,29 +99,39 @@ def _uniform_local_bases(f: torch.Tensor, order: int) -> Tuple[List[torch.Tensor
     return level, lower
 
 
-def _uniform_local(x: torch.Tensor, grid: torch.Tensor, order: int) -> Tuple[
-        torch.Tensor, torch.Tensor, List[torch.Tensor], List[torch.Tensor], torch.Tensor]:
-    """On a uniform grid, where x's k + 1 non-zero bases sit in the dense basis (index, and whether it is dropped:
-    past either end of the extended grid), both (..., in, k + 1); their values and those of order k - 1
-    (``_uniform_local_bases``); and the knot step h (in,)."""
+def _knot_positions(x: torch.Tensor, grid: torch.Tensor, order: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """On a uniform grid: x's knot interval m, counted from the first knot t_0 (a float: NaN stays NaN), the
+    position f in [0, 1) inside it, and the knot step h (in,)."""
     step = (grid[:, -1] - grid[:, 0]) / (grid.shape[1] - 1)
-    num_bases = grid.shape[1] - order - 1
-    u = (x - grid[:, order]) / step + order  # position in knot steps from the first knot t_0
+    u = (x - grid[:, order]) / step + order  # position in knot steps from t_0
     m = torch.floor(u)
-    values, lower = _uniform_local_bases(u - m, order)
-    j = m.unsqueeze(-1) + torch.arange(-order, 1, dtype=m.dtype, device=m.device)  # basis m - k + r
-    dropped = (j < 0) | (j >= num_bases)  # False for NaN: its NaN values are kept, so NaN propagates
-    # a NaN or dropped index reads or writes basis 0 (with value 0 where dropped); identity elsewhere
-    index = torch.where((j >= 0) & (j < num_bases), j, 0).long()
-    return index, dropped, values, lower, step
+    return m, u - m, step
+
+
+def _placements(m: torch.Tensor, num_bases: int, order: int) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    """For r = 0..k, where the local value b^k_r sits in the dense basis (index m - k + r, (..., in, 1)) and whether
+    it is dropped (past either end of the extended grid); contiguous (..., in) work, no (..., k + 1) broadcasts."""
+    places: List[Tuple[torch.Tensor, torch.Tensor]] = []
+    for r in range(order + 1):
+        j = m + (r - order)
+        dropped = (j < 0) | (j >= num_bases)  # False for NaN: its NaN values are kept, so NaN propagates
+        # clamp passes NaN through, and NaN.long() is INT64_MIN: map it to a valid index (identity elsewhere)
+        places.append((j.clamp_(0, num_bases - 1).nan_to_num_(0.0).long().unsqueeze(-1), dropped))
+    return places
 
 
 def _uniform_bases(x: torch.Tensor, grid: torch.Tensor, order: int) -> torch.Tensor:
-    """(..., in) -> (..., in, G + k) B-spline bases on a uniform grid: the k + 1 local values scattered into the
-    dense basis by one functional op (graph captures and exporters hold it as it is)."""
-    index, dropped, values, _, _ = _uniform_local(x, grid, order)
-    dense = x.new_zeros(list(x.shape) + [grid.shape[1] - order - 1])
-    return dense.scatter_add(-1, index, torch.stack(values, -1).masked_fill(dropped, 0.0))
+    """(..., in) -> (..., in, G + k) B-spline bases on a uniform grid: the k + 1 local values scattered into a
+    fresh dense basis."""
+    m, f, _ = _knot_positions(x, grid, order)
+    values, _ = _uniform_local_bases(f, order)
+    num_bases = grid.shape[1] - order - 1
+    bases = x.new_zeros(list(x.shape) + [num_bases])
+    places = _placements(m, num_bases, order)
+    for r in range(order + 1):
+        index, dropped = places[r]
+        bases.scatter_add_(-1, index, values[r].masked_fill_(dropped, 0.0).unsqueeze(-1))
+    return bases
 
 
 class _UniformBSplineBasis(torch.autograd.Function):
@@ -138,11 +148,14 @@ class _UniformBSplineBasis(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
         x, grid = ctx.saved_tensors
-        index, dropped, _, lower, step = _uniform_local(x, grid, ctx.order)
-        zero = torch.zeros_like(x).unsqueeze(-1)
-        padded = torch.cat([zero, torch.stack(lower, -1), zero], -1)  # b^{k-1}_{-1} = b^{k-1}_k = 0
-        d = (padded[..., :-1] - padded[..., 1:]).masked_fill_(dropped, 0.0)
-        return (grad.gather(-1, index) * d).sum(-1) / step, None, None
+        k = ctx.order
+        m, f, step = _knot_positions(x, grid, k)
+        lower, _ = _uniform_local_bases(f, k - 1)
+        dx = torch.zeros_like(x)
+        for r, (index, dropped) in enumerate(_placements(m, grid.shape[1] - k - 1, k)):
+            d = (lower[r - 1] if r > 0 else 0) - (lower[r] if r < k else 0)
+            dx.addcmul_(grad.gather(-1, index).squeeze(-1), d.masked_fill_(dropped, 0.0))
+        return dx.div_(step), None, None
 
 
 def _cox_de_boor_bases(x: torch.Tensor, grid: torch.Tensor, spline_order: int) -> torch.Tensor:
@@ -231,7 +244,7 @@ class BSplineKANLinear(KANLinearBase):
         self.register_buffer('grid', uniform_knots(in_features, grid_size, spline_order, (lo, hi), device))
         self.spline_weight = nn.Parameter(torch.empty(out_features, in_features, grid_size + spline_order, **dd))
         self.spline_scaler = nn.Parameter(torch.empty(out_features, in_features, **dd))
-        self._uniform_key: Optional[tuple] = None
+        self._uniform_key = None
         self._uniform = True
         self.reset_parameters()
         self.register_load_state_dict_post_hook(BSplineKANLinear._check_grid)

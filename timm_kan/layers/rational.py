@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from ..kernels import register_check_case
-from .base import FUSED_HELP, HIDDEN_HELP, apply_function, check_positive, fused_check_case, fused_option, run_fused
+from .base import (
+    FUSED_HELP, HIDDEN_HELP, apply_function, capturing, check_positive, fused_check_case, fused_option, run_fused)
 
 __all__ = ['GroupRational', 'GRKANMlp', 'RATIONAL_INITS']
 
@@ -35,28 +36,46 @@ RATIONAL_INITS = {
 
 def _horner(coeffs: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """sum_i coeffs[:, i] * x^i, the (groups, n, 1) coefficients broadcast over each group's channels."""
-    out = coeffs[:, -1] * x + coeffs[:, -2]
+    out = torch.addcmul(coeffs[:, -2], coeffs[:, -1], x)
     for i in range(coeffs.shape[1] - 3, -1, -1):
-        out = out * x + coeffs[:, i]
+        out = torch.addcmul(coeffs[:, i], out, x)
     return out
 
 
-def _forms(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(small, xs, xl, u): the direct form P(x) / Q(x) is a polynomial in xs on |x| <= 1; elsewhere numerator and
-    denominator are divided by x^4, polynomials in u = 1 / xl, so that no power overflows. Each form reads only
-    inputs it is safe on (xs = 0, xl = 1 where unused): no inf or NaN for torch.where to leak into gradients."""
-    small = x.abs() <= 1
+# |x| up to which P(x) / Q(x) is evaluated directly (x^5 is far from fp32's range there); beyond it numerator and
+# denominator are divided by x^4, so that every power stays finite
+_DIRECT_MAX = 1e4
+Forms = Tuple[Optional[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _forms(x: torch.Tensor, direct_only: bool, limit: float = _DIRECT_MAX) -> Forms:
+    """(small, xs, xl, u): the direct form is a polynomial in xs where |x| <= limit (small), the x^-4-scaled one a
+    polynomial in u = 1 / xl elsewhere. Each reads only inputs it is safe on (xs = 0, xl = 1 where unused): no inf
+    or NaN for torch.where to leak into gradients. ``direct_only`` (no |x| is large): (None, x, x, x). (``limit`` is
+    an argument because TorchScript reads no global numbers.)"""
+    if direct_only:
+        return None, x, x, x
+    small = x.abs() <= limit
     xl = torch.where(small, 1.0, x)
     return small, torch.where(small, x, 0.0), xl, xl.reciprocal()
 
 
-def _numerator_denominator(forms: Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], a: torch.Tensor,
-                           c: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(N, D) = (P, Q) on |x| <= 1, (P, Q) / x^4 elsewhere, for a = a_0..a_5 and c = 1, |b_1|..|b_4| (groups, n, 1)."""
+def _numerator(forms: Forms, a: torch.Tensor) -> torch.Tensor:
+    """N: P on the direct form, P / x^4 on the scaled one, for a = a_0..a_5 (groups, 6, 1)."""
     small, xs, xl, u = forms
-    n = torch.where(small, _horner(a, xs), _horner(a.flip(1), u) * xl)  # a_5 x + a_4 + a_3 u + ... + a_0 u^4
-    d = torch.where(small, _horner(c, xs.abs()), _horner(c.flip(1), u.abs()))  # |b_4| + |b_3| |u| + ... + u^4
-    return n, d
+    n = _horner(a, xs)
+    if small is None:
+        return n
+    return torch.where(small, n, _horner(a.flip(1), u) * xl)  # a_5 x + a_4 + a_3 u + ... + a_0 u^4
+
+
+def _denominator(forms: Forms, c: torch.Tensor) -> torch.Tensor:
+    """D: Q on the direct form, Q / x^4 on the scaled one, for c = 1, |b_1|..|b_4| (groups, 5, 1)."""
+    small, xs, _, u = forms
+    d = _horner(c, xs.abs())
+    if small is None:
+        return d
+    return torch.where(small, d, _horner(c.flip(1), u.abs()))  # |b_4| + |b_3| |u| + ... + u^4
 
 
 def _coefficients(a: torch.Tensor, b: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -66,23 +85,35 @@ def _coefficients(a: torch.Tensor, b: torch.Tensor) -> Tuple[torch.Tensor, torch
     return a[:, :, None], c[:, :, None]
 
 
-def group_rational_reference(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def group_rational_reference(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+                             direct_only: bool = False) -> torch.Tensor:
     """P(x) / Q(x) on x (rows, groups, channels per group) with a (groups, 6), b (groups, 4); finite for every
-    finite x that does not overflow the output itself."""
-    n, d = _numerator_denominator(_forms(x), *_coefficients(a, b))
-    return n / d
+    finite x that does not overflow the output itself. ``direct_only``: the caller knows every |x| <= _DIRECT_MAX."""
+    forms = _forms(x, direct_only)
+    a, c = _coefficients(a, b)
+    return _numerator(forms, a) / _denominator(forms, c)
 
 
-def _power_sums(weight: torch.Tensor, small: torch.Tensor, direct: torch.Tensor, scaled: torch.Tensor,
-                first: torch.Tensor, n: int) -> torch.Tensor:
-    """sum over rows and channels of weight * dN/dcoef_i (or dD/dcoef_i), i = 0..n, (groups, n + 1): direct^i on
-    |x| <= 1, first * scaled^(n - i) elsewhere (the coefficient's term of the x^-4-scaled polynomial)."""
-    on_direct, on_scaled = torch.where(small, weight, 0.0), torch.where(small, 0.0, weight) * first
-    sums = []
-    for _ in range(n + 1):
-        sums.append((on_direct.sum((0, 2)), on_scaled.sum((0, 2))))
-        on_direct, on_scaled = on_direct * direct, on_scaled * scaled
-    return torch.stack([sums[i][0] + sums[n - i][1] for i in range(n + 1)], -1)
+def _moments(weight: torch.Tensor, v: torch.Tensor, n: int) -> torch.Tensor:
+    """sum over rows and channels of weight * v^i, i = 0..n, per group: (groups, n + 1)."""
+    sums = [weight.sum((0, 2))]
+    for _ in range(n):
+        weight = weight * v
+        sums.append(weight.sum((0, 2)))
+    return torch.stack(sums, -1)
+
+
+def _coefficient_sums(weight: torch.Tensor, forms: Forms, scaled_first: torch.Tensor, n: int,
+                      take_abs: bool) -> torch.Tensor:
+    """sum of weight * dT/dcoef_i for the polynomial T (N with n = 5, D with n = 4 and |x|): v^i on the direct form;
+    first * u^(n - i) on the scaled one (first: xl for N, 1 for D)."""
+    small, xs, _, u = forms
+    if take_abs:
+        xs, u = xs.abs(), u.abs()
+    if small is None:
+        return _moments(weight, xs, n)
+    direct = _moments(torch.where(small, weight, 0.0), xs, n)
+    return direct + _moments(torch.where(small, 0.0, weight) * scaled_first, u, n).flip(-1)
 
 
 class _GroupRational(torch.autograd.Function):
@@ -91,28 +122,31 @@ class _GroupRational(torch.autograd.Function):
     divided by x^4 on the scaled form; dy/da_i = dN/da_i / D, dy/d|b_j| = -y dD/d|b_j| / D."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        y = group_rational_reference(x, a, b)
+    def forward(ctx, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, direct_only: bool) -> torch.Tensor:
+        y = group_rational_reference(x, a, b, direct_only)
         ctx.save_for_backward(x, y, a, b)
+        ctx.direct_only = direct_only
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
         x, y, a, b = ctx.saved_tensors
-        forms = _forms(x)
-        small, xs, xl, u = forms
+        forms = _forms(x, ctx.direct_only)
         a, c = _coefficients(a, b)
-        _, d = _numerator_denominator(forms, a, c)
-        da = a[:, 1:] * torch.arange(1, 6, dtype=a.dtype, device=a.device)[:, None]  # P' = sum i a_i x^(i-1)
-        dc = c[:, 1:] * torch.arange(1, 5, dtype=c.dtype, device=c.device)[:, None]
-        dn = torch.where(small, _horner(da, xs), _horner(da.flip(1), u))
-        dd = torch.sign(x) * torch.where(small, _horner(dc, xs.abs()), _horner(dc.flip(1), u.abs()) * u.abs())
-        r = grad / d
-        dx = (dn - y * dd) * r
-        grad_a = _power_sums(r, small, xs, u, xl, 5)
-        grad_c = _power_sums(-r * y, small, xs.abs(), u.abs(), torch.ones_like(x), 4)
-        return dx, grad_a, grad_c[:, 1:] * torch.where(b >= 0, 1.0, -1.0)
+        # P' = sum i a_i x^(i-1) and dQ/d|x| as polynomials (the scaled forms: their coefficients reversed)
+        dp = a[:, 1:] * torch.arange(1, 6, dtype=a.dtype, device=a.device)[:, None]
+        dq = c[:, 1:] * torch.arange(1, 5, dtype=c.dtype, device=c.device)[:, None]
+        small, xs, _, u = forms
+        dn, dd = _horner(dp, xs), _horner(dq, xs.abs())
+        if small is not None:
+            dn = torch.where(small, dn, _horner(dp.flip(1), u))
+            dd = torch.where(small, dd, _horner(dq.flip(1), u.abs()) * u.abs())
+        r = grad / _denominator(forms, c)
+        dx = (dn - y * dd * torch.sign(x)) * r
+        grad_a = _coefficient_sums(r, forms, forms[2], 5, False)
+        grad_c = _coefficient_sums(-r * y, forms, torch.ones_like(x), 4, True)
+        return dx, grad_a, grad_c[:, 1:] * torch.where(b >= 0, 1.0, -1.0), None
 
 
 class GroupRational(nn.Module):
@@ -174,7 +208,9 @@ class GroupRational(nn.Module):
         if torch.jit.is_scripting():  # TorchScript cannot call autograd Functions: autograd differentiates it
             y = group_rational_reference(xg, a, b)
         else:
-            y = apply_function(_GroupRational, group_rational_reference, xg, a, b)
+            # in eager, the usual inputs (no |x| > _DIRECT_MAX) skip the scaled form; graph captures keep both
+            direct_only = not capturing() and (xg.numel() == 0 or bool(xg.detach().abs().max() <= _DIRECT_MAX))
+            y = apply_function(_GroupRational, group_rational_reference, xg, a, b, direct_only)
         return y.reshape(x.shape).to(x.dtype)
 
     def _fused(self, x: torch.Tensor) -> torch.Tensor:
