@@ -209,7 +209,9 @@ class GroupRational(nn.Module):
             y = group_rational_reference(xg, a, b)
         else:
             # in eager, the usual inputs (no |x| > _DIRECT_MAX) skip the scaled form; graph captures keep both
-            direct_only = not capturing() and (xg.numel() == 0 or bool(xg.detach().abs().max() <= _DIRECT_MAX))
+            # (a meta tensor, built only to be counted, has no values to look at)
+            direct_only = not capturing() and (xg.numel() == 0 or xg.device.type == 'meta'
+                                               or bool(xg.detach().abs().max() <= _DIRECT_MAX))
             y = apply_function(_GroupRational, group_rational_reference, xg, a, b, direct_only)
         return y.reshape(x.shape).to(x.dtype)
 
