@@ -14,7 +14,7 @@ family's own (``KAN_FAMILIES``), and the adapter's ``kan_init`` ('mlp' | 'random
 ('none' | 'head' | 'backbone') and ``pretrained_strict``.
 
 The 56 entry points (4 families x 7 sizes, each under its full name and a short alias such as
-``chebykan_vit_b16``) are generated from ``KAN_FAMILIES`` and ``_ARCHS``: a new family or size is one
+``chebykan_vit_b16``) are generated from ``KAN_FAMILIES`` and ``ARCHS`` (``models/archs.py``): a new family or size is one
 table entry, and every entry point gets a docstring saying what it builds.
 """
 import contextvars
@@ -35,29 +35,12 @@ from ..layers import KAN_FAMILIES, POS_EMBEDS, KANFamily, add_family, family_of_
 from ..layers.pos_embed import check_sincos2d
 from ..layers.base import check_range
 from ._freeze import FREEZE_POLICIES, apply_freeze_policy
+from .archs import ARCHS
 from .names import family_of_model
 from ._pretrained import (
     KAN_INITS, CheckpointError, LoadReport, kan_checkpoint_filter_fn, load_npz_into_kan_vit, peek_checkpoint)
 
-__all__ = ['KANVisionTransformer', 'architecture_kwargs', 'register_family', 'ARCHS']
-
-# architecture name -> (ViT arguments, short alias, in21k weights in timm's hub org, classes of that head)
-ARCHS = {
-    'tiny_patch16_224': (dict(patch_size=16, embed_dim=192, depth=12, num_heads=3), 't16',
-                         'vit_tiny_patch16_224.augreg_in21k', 21843),
-    'small_patch16_224': (dict(patch_size=16, embed_dim=384, depth=12, num_heads=6), 's16',
-                          'vit_small_patch16_224.augreg_in21k', 21843),
-    'base_patch16_224': (dict(patch_size=16, embed_dim=768, depth=12, num_heads=12), 'b16',
-                         'vit_base_patch16_224.augreg_in21k', 21843),
-    'base_patch32_224': (dict(patch_size=32, embed_dim=768, depth=12, num_heads=12), 'b32',
-                         'vit_base_patch32_224.augreg_in21k', 21843),
-    'large_patch16_224': (dict(patch_size=16, embed_dim=1024, depth=24, num_heads=16), 'l16',
-                          'vit_large_patch16_224.augreg_in21k', 21843),
-    'large_patch32_224': (dict(patch_size=32, embed_dim=1024, depth=24, num_heads=16), 'l32',
-                          'vit_large_patch32_224.orig_in21k', 0),
-    'huge_patch14_224': (dict(patch_size=14, embed_dim=1280, depth=32, num_heads=16), 'h14',
-                         'vit_huge_patch14_224.orig_in21k', 0),
-}
+__all__ = ['KANVisionTransformer', 'architecture_kwargs', 'register_family']
 
 # keyword arguments create_model may legitimately pass through to the builder
 _BUILDER_KWARGS = {
