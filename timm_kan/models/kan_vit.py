@@ -14,8 +14,8 @@ family's own (``KAN_FAMILIES``), and the adapter's ``kan_init`` ('mlp' | 'random
 ('none' | 'head' | 'backbone') and ``pretrained_strict``.
 
 The 56 entry points (4 families x 7 sizes, each under its full name and a short alias such as
-``chebykan_vit_b16``) are generated from ``KAN_FAMILIES`` and ``ARCHS`` (``models/archs.py``): a new family or size is one
-table entry, and every entry point gets a docstring saying what it builds.
+``chebykan_vit_b16``) are generated from ``KAN_FAMILIES`` and ``ARCHS`` (``models/archs.py``): a new family
+(``register_family``) or size is one table entry, and every entry point gets a docstring saying what it builds.
 """
 import contextvars
 import difflib
