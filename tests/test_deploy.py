@@ -72,10 +72,10 @@ def test_export_of_a_registry_name_and_its_errors(tmp_path, capsys):
 def test_export_checks_on_the_images_given(tmp_path, capsys):
     images = image_folder(tmp_path / 'img', classes=('a',), count=3, size=40)
     paths = [str(p) for p in sorted((images / 'a').iterdir())]
-    out = tmp_path / 'm.onnx'
-    assert cli_main(['export', 'grkan_vit_t16', '--format', 'onnx', '--out', str(out), '--images', *paths,
+    out = tmp_path / 'm.pt2'
+    assert cli_main(['export', 'grkan_vit_t16', '--format', 'pt2', '--out', str(out), '--images', *paths,
                      *TINY_ARGS]) == 0
-    assert cli_main(['export', 'grkan_vit_t16', '--format', 'onnx', '--out', str(out), '--overwrite',
+    assert cli_main(['export', 'grkan_vit_t16', '--format', 'pt2', '--out', str(out), '--overwrite',
                      '--images', paths[0], *TINY_ARGS]) == 2
     assert 'at least 2 images' in _one_error_line(capsys)
 
