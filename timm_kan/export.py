@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ['EXPORT_FORMATS', 'EXPORT_TOLERANCE', 'export_model', 'add_export_parser']
+__all__ = ['EXPORT_FORMATS', 'EXPORT_TOLERANCE', 'add_export_parser', 'check_images', 'export_model']
 
 # max |exported - PyTorch| / max(1, max |PyTorch|) over the check batches
 EXPORT_TOLERANCE = 1e-4
