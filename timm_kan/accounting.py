@@ -3,16 +3,17 @@
 Parameters: every ``nn.Parameter`` (KAN coefficient tensors, spline scalers and base weights included;
 tools that only see ``.weight``/``.bias`` miss most of a KAN layer). FLOPs: ``torch.utils.flop_counter``
 on a real forward pass, counting a multiply-add as 2 FLOPs (matrix products, convolutions, attention);
-elementwise basis evaluation is not counted by it.
+elementwise basis evaluation is not counted by it. Activation memory: the bytes autograd keeps for backward, per
+token or image (``saved_bytes_per_row``).
 """
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 __all__ = ['count_parameters', 'count_flops', 'model_summary', 'model_data_config', 'hidden_widths',
-           'eval_data_config']
+           'eval_data_config', 'saved_bytes', 'saved_bytes_per_row']
 
 
 def _part(name: str) -> str:
@@ -97,3 +98,27 @@ def hidden_widths(model: nn.Module) -> List[int]:
         first = mlp.explain_parts()[1][0] if hasattr(mlp, 'explain_parts') else mlp.fc1
         widths.append(first.out_features)
     return widths
+
+
+def saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the storages autograd keeps for backward during ``module(x)`` (saved-tensor hooks), each storage
+    once, the module's parameters and buffers and the input left out: the activations a training step holds."""
+    skip = {t.untyped_storage().data_ptr() for t in (*module.parameters(), *module.buffers(), x)}
+    seen: Dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in skip:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(x)
+    return sum(seen.values())
+
+
+def saved_bytes_per_row(module: nn.Module, make_input: Callable[[int], torch.Tensor], rows: int) -> float:
+    """Saved bytes per input row (token, image): the slope between ``rows`` and ``2 * rows`` rows, so that what a
+    layer keeps once whatever the batch (a reshaped copy of its weights, say) does not count."""
+    small, large = (saved_bytes(module, make_input(n)) for n in (rows, 2 * rows))
+    return (large - small) / rows

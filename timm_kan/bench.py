@@ -25,11 +25,13 @@ import torch
 from torch import nn
 
 from .io import processor_name
-from .bench_models import bench_paths, bench_training, check_targets, device_and_dtype, release_memory, time_call
+from .accounting import saved_bytes_per_row
+from .bench_models import (
+    bench_memory, bench_paths, bench_training, check_targets, device_and_dtype, release_memory, time_call)
 from .layers import KAN_FAMILIES
 
-__all__ = ['PublishedChebyshevKAN', 'bench_ffn', 'bench_paths', 'bench_training', 'check_targets',
-           'format_report', 'main']
+__all__ = ['PublishedChebyshevKAN', 'batch_fit', 'bench_ffn', 'bench_memory', 'bench_paths', 'bench_training',
+           'check_targets', 'format_report', 'main']
 
 
 class PublishedChebyshevKAN(nn.Module):
@@ -106,8 +108,8 @@ def _gemm_flops(module: nn.Module, x: torch.Tensor) -> int:
 
 def _measure_variant(make: Callable[[], nn.Module], x: torch.Tensor, amp_dtype: torch.dtype, warmup: int,
                      reps: int, compiled: bool = False) -> Dict[str, Any]:
-    """Forward and forward+backward milliseconds, GEMM FLOPs and (CUDA) peak extra memory of one FFN, run eagerly
-    or through ``torch.compile`` (its compilation happens in the warmup)."""
+    """Forward and forward+backward milliseconds, GEMM FLOPs, the activations kept for backward per token and (CUDA)
+    peak extra memory of one FFN, run eagerly or through ``torch.compile`` (its compilation happens in the warmup)."""
     dev = x.device
     torch.manual_seed(0)
     module = make().to(dev)
@@ -115,9 +117,16 @@ def _measure_variant(make: Callable[[], nn.Module], x: torch.Tensor, amp_dtype: 
     if compiled:
         module = torch.compile(module)
 
+    def autocast():
+        return torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32)
+
     def fwd():
-        with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32):
+        with autocast():
             return module(x)
+
+    with autocast():  # the slope over 128 -> 256 tokens: what a batch adds, not the per-layer constants
+        row['saved_kib_per_token'] = saved_bytes_per_row(
+            module, lambda n: torch.randn(n, x.shape[-1], device=dev, requires_grad=True), 128) / 2 ** 10
 
     def fwd_bwd():
         fwd().float().sum().backward()
@@ -141,12 +150,13 @@ def bench_ffn(
         tokens: int, dim: int, hidden: int, degree: int = 3, dtype: str = 'bfloat16', device: Optional[str] = None,
         warmup: int = 3, reps: int = 10, only: Optional[Sequence[str]] = None, compiled: bool = False,
 ) -> List[Dict[str, Any]]:
-    """Rows of forward / forward+backward time and peak extra memory per FFN variant, with ratios to the (eager)
-    MLP, and each variant's GEMM floor: its matrix-product FLOPs as a multiple of the MLP's.
+    """Rows of forward / forward+backward time, activations kept for backward per token (saved-tensor hooks, on
+    every device) and peak extra memory (CUDA) per FFN variant, with ratios to the MLP, and each variant's GEMM
+    floor: its matrix-product FLOPs as a multiple of the MLP's.
 
     ``only`` keeps these variants, in its order (the MLP always runs, first). ``compiled`` adds, after each
-    variant's row, a ``'<variant> compiled'`` row run through ``torch.compile``. A variant that runs out of memory
-    gets a row with no figures and the note ``out of memory``.
+    variant's row, a ``'<variant> compiled'`` row run through ``torch.compile``, whose ratios are to the compiled
+    MLP. A variant that runs out of memory gets a row with no figures and the note ``out of memory``.
     """
     from .kernels import triton_available
 
@@ -167,7 +177,7 @@ def bench_ffn(
     for name, compile_it in runs:
         make = variants[name]
         row: Dict[str, Any] = dict(variant=f'{name} compiled' if compile_it else name, forward_ms=None,
-                                   fwd_bwd_ms=None, peak_extra_mib=None, note='')
+                                   fwd_bwd_ms=None, saved_kib_per_token=None, peak_extra_mib=None, note='')
         x = torch.randn(tokens, dim, device=dev, requires_grad=True)
         try:
             row.update(_measure_variant(make, x, amp_dtype, warmup, reps, compile_it))
@@ -179,15 +189,44 @@ def bench_ffn(
         progress_line(f'bench ffn {len(rows)}/{len(runs)} {row["variant"]}: ' + (
             row['note'] if row['note'] else
             f"forward {row['forward_ms']:.3f} ms, forward+backward {row['fwd_bwd_ms']:.3f} ms"), start=started)
-    mlp = rows[0]
-    mlp_flops = mlp.get('gemm_flops')
+    mlps = {False: rows[0], True: rows[1] if compiled else None}
+    mlp_flops = rows[0].get('gemm_flops')
+
+    def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
+        return a / b if a and b else None
+
     for r in rows:
-        r['fwd_bwd_vs_mlp'] = r['fwd_bwd_ms'] / mlp['fwd_bwd_ms'] if r['fwd_bwd_ms'] else None
-        r['forward_vs_mlp'] = r['forward_ms'] / mlp['forward_ms'] if r['forward_ms'] else None
+        mlp = mlps[r['variant'].endswith(' compiled')]
+        r['fwd_bwd_vs_mlp'] = ratio(r['fwd_bwd_ms'], mlp['fwd_bwd_ms'])
+        r['forward_vs_mlp'] = ratio(r['forward_ms'], mlp['forward_ms'])
         r['gemm_floor'] = r.pop('gemm_flops', 0) / mlp_flops if mlp_flops else None
-        r['memory_vs_mlp'] = (r['peak_extra_mib'] / mlp['peak_extra_mib']
-                              if r['peak_extra_mib'] and mlp['peak_extra_mib'] else None)
+        r['saved_vs_mlp'] = ratio(r['saved_kib_per_token'], mlp['saved_kib_per_token'])
+        r['memory_vs_mlp'] = ratio(r['peak_extra_mib'], mlp['peak_extra_mib'])
     return rows
+
+
+# widths of ViT-T/S/B and the tokens of one 224 px image at patch 16 (196 patches + the class token)
+FIT_WIDTHS = {'vit-t': 192, 'vit-s': 384, 'vit-b': 768}
+TOKENS_PER_IMAGE = 197
+
+
+def batch_fit(dtype: str = 'float32', device: Optional[str] = None) -> List[Dict[str, Any]]:
+    """How big a batch fits: the activations one FFN block keeps per 224 px image (MiB), the MLP's and each
+    family's reference block, at ViT-T/S/B width (hidden 4x), eager."""
+    dev, amp_dtype = device_and_dtype(device, dtype)
+    rows: Dict[str, Dict[str, Any]] = {}
+    for size, dim in FIT_WIDTHS.items():
+        variants = _ffn_variants(dim, 4 * dim, 3, fused_ok=False)
+        for name in ['mlp', *(f.bench_variant(False) for f in KAN_FAMILIES.values())]:
+            torch.manual_seed(0)
+            block = variants[name]().to(dev)
+            with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32):
+                per_token = saved_bytes_per_row(
+                    block, lambda n: torch.randn(n, dim, device=dev, requires_grad=True), 128)
+            rows.setdefault(name, dict(variant=name))[f'{size} MiB/image'] = per_token * TOKENS_PER_IMAGE / 2 ** 20
+            block = None
+            release_memory(dev)
+    return list(rows.values())
 
 
 def _fmt(v: Any) -> str:
@@ -212,8 +251,9 @@ def format_report(result: Dict[str, Any]) -> str:
         + (f"; processor: {result['processor']}" if result.get('processor') else '')
         + f"; command: `{result['command']}`",
         f"FFN {shape['dim']}->{shape['hidden']}->{shape['dim']} on {shape['tokens']} tokens, {result['dtype']}, "
-        f"forward and forward+backward, median of {result['reps']} (peak memory above the inputs on CUDA only; "
-        "gemm_floor: the variant's matrix-product FLOPs as a multiple of the MLP's):",
+        f"forward and forward+backward, median of {result['reps']}; saved_kib_per_token: the activations kept for "
+        "backward per token (slope from 128 to 256 tokens); peak memory above the inputs on CUDA only; gemm_floor: "
+        "the variant's matrix-product FLOPs as a multiple of the MLP's; compiled rows: ratios to the compiled MLP:",
         _table(result['ffn']),
     ]
     if result.get('training'):
@@ -222,6 +262,13 @@ def format_report(result: Dict[str, Any]) -> str:
     if result.get('paths'):
         parts += ['Training images/s with the fused kernels against the PyTorch reference path:',
                   _table(result['paths'])]
+    if result.get('memory'):
+        parts += ['Training memory per model: activations kept per image (saved-tensor hooks, slope from 1 to 2 '
+                  f"images, {result['dtype']}) and the fixed weights + gradients + AdamW moments; peak is about fixed "
+                  '+ batch x per image:', _table(result['memory'])]
+    if result.get('batch_fit'):
+        parts += ['How big a batch fits: activations one FFN block keeps per 224 px image (197 tokens), MiB; '
+                  'multiply by depth and batch:', _table(result['batch_fit'])]
     targets = check_targets(result)
     if targets:
         parts += ['Targets:', _table(targets)]
@@ -262,6 +309,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--path-models', nargs='*', default=[
         f'{f.prefix}_{size}_patch16_224' for size in ('tiny', 'small') for f in KAN_FAMILIES.values() if f.has_kernel]
         if cuda else [], help='KAN-ViTs (of the families with kernels) to train on the fused and on the reference path')
+    p.add_argument('--memory-models', nargs='*', default=None, help='models for the training-memory table (default '
+                   'with --shape: the ViT and each family at T and S size; else none); --shape adds the batch-fit '
+                   'table too')
     p.add_argument('--batch-size', type=count, default=64)
     p.add_argument('--img-size', type=count, default=None)
     p.add_argument('--model-kwargs', nargs='*', default={}, action=KwargsAction,
@@ -308,7 +358,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         processor=processor_name(),
         torch=torch.__version__, triton=triton_version, timm=timm.__version__, ikan=import_ikan()[1],
         command=' '.join(['timm-kan bench', *(sys.argv[1:] if argv is None else argv)]),
-        shape=dict(tokens=args.tokens, dim=args.dim, hidden=args.hidden), dtype=args.dtype, reps=args.reps)
+        shape=dict(tokens=args.tokens, dim=args.dim, hidden=args.hidden), preset=args.shape, dtype=args.dtype,
+        reps=args.reps)
     result['ffn'] = bench_ffn(args.tokens, args.dim, args.hidden, args.degree, args.dtype, args.device,
                               args.warmup, args.reps, args.variants, args.compile)
     common = dict(img_size=args.img_size, dtype=args.dtype, device=args.device, steps=args.steps,
@@ -326,6 +377,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         progress_line('bench paths: ' + ', '.join(
             f"{r['model']} fused {rate(r['fused_images_per_second'])} / reference "
             f"{rate(r['reference_images_per_second'])}" for r in result['paths']) + ' images/s', start=started)
+    memory_models = args.memory_models if args.memory_models is not None else [
+        f'{prefix}_{size}_patch16_224' for size in ('tiny', 'small')
+        for prefix in ('vit', *(f.prefix for f in KAN_FAMILIES.values()))] if args.shape else []
+    if memory_models:
+        result['memory'] = bench_memory(memory_models, **common)
+        progress_line(f'bench memory: {len(memory_models)} models', start=started)
+    if args.shape:
+        result['batch_fit'] = batch_fit(args.dtype, args.device)
     print(format_report(result))
     if args.json:
         with open(args.json, 'w') as f:

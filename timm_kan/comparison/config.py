@@ -103,6 +103,9 @@ class CompareConfig:
     model_ema: bool = _option(False, action='store_true', resume=True)
     model_ema_decay: float = _option(0.9998, type=float, resume=True)
     device: Optional[str] = _option()
+    compile: bool = _option(False, action='store_true',
+                            help='train every model through torch.compile (inductor); compile time counts in its '
+                                 'train min')
     # tqdm bar: None on a TTY only, False never; epoch lines print regardless
     progress: Optional[bool] = _option(flag='--no-progress', action='store_const', const=False)
     resume: bool = _option(False, action='store_true', help='continue the run in --output (same configuration)')

@@ -218,7 +218,8 @@ def _run(cfg: CompareConfig, models: List[str], recipe: Dict[str, Any], manifest
             data_root, classes = prepare_data(cfg.data, out_dir, cfg.val_ratio, cfg.seed, cfg.max_items)
     meta = dict(data=str(cfg.data), recipe=cfg.recipe, recipe_args=config['recipe'], model_kwargs=model_kwargs,
                 seed=cfg.seed, world_size=world, device=str(info['device']), torch=torch.__version__,
-                timm=timm.__version__, classes=classes, config=config, data_manifest=manifest, failed=[],
+                timm=timm.__version__, classes=classes, config=config, compile=cfg.compile, data_manifest=manifest,
+                failed=[],
                 date=datetime.date.today().isoformat(), processor=processor_name(),
                 command=' '.join(['timm-kan', *sys.argv[1:]]))
     results: List[Dict[str, Any]] = []

@@ -216,6 +216,8 @@ def _start(name: str, create_kwargs: Dict[str, Any], ctx: RunContext) -> _Run:
     if ctx.distributed:
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[ctx.device.index] if ctx.device.type == 'cuda' else None)
+    if ctx.config.compile:  # compiles at the first step (caught there: _compile_failure)
+        train_model = torch.compile(train_model)
     use_amp = ctx.config.amp and ctx.device.type == 'cuda'
     amp_dtype = torch.bfloat16 if ctx.config.amp_dtype == 'bfloat16' else torch.float16
     autocast = (lambda: torch.autocast('cuda', dtype=amp_dtype)) if use_amp else contextlib.nullcontext
@@ -291,6 +293,12 @@ def _train_epoch(run: _Run, loader, loss_fn, ctx: RunContext, epoch: int) -> Dic
             raise RuntimeError(
                 f'{run.name}: out of GPU memory at batch size {x.shape[0]}; '
                 + (f'batch size {fits} fits: pass --batch-size {fits}' if fits else 'even batch size 1 fails')) from e
+        except Exception as e:
+            if not ctx.config.compile or not _compile_failure(e):
+                raise
+            reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            raise RuntimeError(f'{run.name}: --compile failed ({type(e).__name__}: {reason[:200]}); run without '
+                               '--compile (the results so far are kept: --resume continues them)') from None
         loss_sum += loss * x.shape[0]
         count += x.shape[0]
         bar.set_postfix(loss=f'{loss:.3f}')
@@ -299,6 +307,13 @@ def _train_epoch(run: _Run, loader, loss_fn, ctx: RunContext, epoch: int) -> Dic
     seconds = time.perf_counter() - start
     loss_sum, count = _all_sum([loss_sum, count], ctx)
     return dict(train_loss=loss_sum / max(count, 1), seconds=seconds, count=count)
+
+
+def _compile_failure(e: BaseException) -> bool:
+    """Whether ``e`` is torch.compile failing to build (no C++ compiler, a backend error), not the model."""
+    import torch._dynamo.exc
+
+    return isinstance(e, torch._dynamo.exc.TorchDynamoException) or type(e).__module__.startswith('torch._inductor')
 
 
 def _train_step(run: _Run, loss_fn, x: torch.Tensor, y: torch.Tensor, ctx: RunContext) -> float:

@@ -16,7 +16,8 @@ uniform form of the recursion
     dB_{m-k+r}/dx = (b^{k-1}_{r-1} - b^{k-1}_r) / h,
 
 and scatters them into the dense basis that feeds the one GEMM; adapted (non-uniform) grids take the full
-Cox-de Boor recursion on the layer's knots. Both have closed-form backwards.
+Cox-de Boor recursion on the layer's knots. Both have closed-form backwards, and the layer keeps only x for
+backward, which rebuilds the bases from it (``BasisLinear``).
 """
 from functools import partial
 import math
@@ -28,7 +29,7 @@ from torch.nn import functional as F
 
 from ..kernels import register_check_case
 from .base import (
-    FUSED_HELP, KANLinearBase, apply_function, capturing, check_positive, check_range, fused_check_case, fused_option)
+    FUSED_HELP, BasisLinear, KANLinearBase, capturing, check_positive, check_range, fused_check_case, fused_option)
 
 __all__ = ['BSplineKANLinear', 'b_spline_basis', 'uniform_knots', 'grid_is_uniform']
 
@@ -58,28 +59,6 @@ def _cox_de_boor(x: torch.Tensor, grid: torch.Tensor, spline_order: int) -> Tupl
         right = (grid[:, k + 1:] - x) * (1.0 / (grid[:, k + 1:] - grid[:, 1:-k]))
         bases = left * bases[..., :-1] + right * bases[..., 1:]
     return bases, lower
-
-
-class _BSplineBasis(torch.autograd.Function):
-    """Cox-de Boor forward without an autograd graph; backward from the closed-form derivative
-    dB_{j,k}/dx = k * (B_{j,k-1} / (t_{j+k} - t_j) - B_{j+1,k-1} / (t_{j+k+1} - t_{j+1}))."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, grid: torch.Tensor, spline_order: int) -> torch.Tensor:
-        bases, lower = _cox_de_boor(x, grid, spline_order)
-        ctx.spline_order = spline_order
-        ctx.save_for_backward(grid, lower)
-        return bases
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        grid, lower = ctx.saved_tensors
-        k = ctx.spline_order
-        a = k / (grid[:, k:-1] - grid[:, :-(k + 1)])
-        b = k / (grid[:, k + 1:] - grid[:, 1:-k])
-        d_bases = lower[..., :-1] * a - lower[..., 1:] * b
-        return (grad * d_bases).sum(-1), None, None
 
 
 def _uniform_local_bases(f: torch.Tensor, order: int) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
@@ -120,46 +99,72 @@ def _placements(m: torch.Tensor, num_bases: int, order: int) -> List[Tuple[torch
     return places
 
 
-def _uniform_bases(x: torch.Tensor, grid: torch.Tensor, order: int) -> torch.Tensor:
-    """(..., in) -> (..., in, G + k) B-spline bases on a uniform grid: the k + 1 local values scattered into a
-    fresh dense basis."""
-    m, f, _ = _knot_positions(x, grid, order)
-    values, _ = _uniform_local_bases(f, order)
-    num_bases = grid.shape[1] - order - 1
+def _in_compute_dtype(x: torch.Tensor, grid: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """x and the knots in fp32 (fp64 for fp64 inputs), whatever x's dtype."""
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return x.to(dtype), grid.to(dtype)
+
+
+def _scatter_bases(x: torch.Tensor, values: List[torch.Tensor], places: List[Tuple[torch.Tensor, torch.Tensor]],
+                   num_bases: int) -> torch.Tensor:
+    """The k + 1 local values scattered into a fresh dense (..., in, G + k) basis (the dropped ones zeroed)."""
     bases = x.new_zeros(list(x.shape) + [num_bases])
-    places = _placements(m, num_bases, order)
-    for r in range(order + 1):
-        index, dropped = places[r]
-        bases.scatter_add_(-1, index, values[r].masked_fill_(dropped, 0.0).unsqueeze(-1))
+    for value, (index, dropped) in zip(values, places):
+        bases.scatter_add_(-1, index, value.masked_fill_(dropped, 0.0).unsqueeze(-1))
     return bases
 
 
-class _UniformBSplineBasis(torch.autograd.Function):
-    """``_uniform_bases`` with a backward that keeps only x (which the base branch keeps anyway) and recomputes the
-    local derivatives dB_{m-k+r}/dx = (b^{k-1}_{r-1} - b^{k-1}_r) / h."""
+def _uniform_bases(x: torch.Tensor, grid: torch.Tensor, order: int) -> torch.Tensor:
+    """(..., in) -> (..., in, G + k) B-spline bases on a uniform grid, from the k + 1 local values."""
+    x, grid = _in_compute_dtype(x, grid)
+    m, f, _ = _knot_positions(x, grid, order)
+    num_bases = grid.shape[1] - order - 1
+    return _scatter_bases(x, _uniform_local_bases(f, order)[0], _placements(m, num_bases, order), num_bases)
+
+
+class _UniformBases:
+    """Uniform-grid bases for ``BasisLinear``. Backward rebuilds them from x, and from the same knot positions the
+    local derivatives dB_{m-k+r}/dx = (b^{k-1}_{r-1} - b^{k-1}_r) / h (the recursion's level k - 1)."""
+    basis = staticmethod(_uniform_bases)
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, grid: torch.Tensor, order: int) -> torch.Tensor:
-        ctx.save_for_backward(x, grid)
-        ctx.order = order
-        return _uniform_bases(x, grid, order)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        x, grid = ctx.saved_tensors
-        k = ctx.order
-        m, f, step = _knot_positions(x, grid, k)
-        lower, _ = _uniform_local_bases(f, k - 1)
+    def basis_backward(x: torch.Tensor, grad: torch.Tensor, grid: torch.Tensor,
+                       order: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        x, grid = _in_compute_dtype(x, grid)
+        m, f, step = _knot_positions(x, grid, order)
+        values, lower = _uniform_local_bases(f, order)
+        num_bases = grid.shape[1] - order - 1
+        grad = grad.unflatten(-1, (-1, num_bases))
+        places = _placements(m, num_bases, order)
         dx = torch.zeros_like(x)
-        for r, (index, dropped) in enumerate(_placements(m, grid.shape[1] - k - 1, k)):
-            d = (lower[r - 1] if r > 0 else 0) - (lower[r] if r < k else 0)
+        for r, (index, dropped) in enumerate(places):
+            d = (lower[r - 1] if r > 0 else 0) - (lower[r] if r < order else 0)
             dx.addcmul_(grad.gather(-1, index).squeeze(-1), d.masked_fill_(dropped, 0.0))
-        return dx.div_(step), None, None
+        return _scatter_bases(x, values, places, num_bases), dx.div_(step)
 
 
-def _cox_de_boor_bases(x: torch.Tensor, grid: torch.Tensor, spline_order: int) -> torch.Tensor:
-    return _cox_de_boor(x, grid, spline_order)[0]
+class _CoxDeBoorBases:
+    """Bases on any knots for ``BasisLinear``, by the Cox-de Boor recursion; backward from its order k - 1 level,
+    dB_{j,k}/dx = k * (B_{j,k-1} / (t_{j+k} - t_j) - B_{j+1,k-1} / (t_{j+k+1} - t_{j+1}))."""
+
+    @staticmethod
+    def basis(x: torch.Tensor, grid: torch.Tensor, order: int) -> torch.Tensor:
+        return _cox_de_boor(*_in_compute_dtype(x, grid), order)[0]
+
+    @staticmethod
+    def basis_backward(x: torch.Tensor, grad: torch.Tensor, grid: torch.Tensor,
+                       order: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        x, grid = _in_compute_dtype(x, grid)
+        bases, lower = _cox_de_boor(x, grid, order)
+        grad = grad.unflatten(-1, bases.shape[-2:])
+        k = order
+        d_bases = lower[..., :-1] * (k / (grid[:, k:-1] - grid[:, :-(k + 1)])) - \
+            lower[..., 1:] * (k / (grid[:, k + 1:] - grid[:, 1:-k]))
+        return bases, (grad * d_bases).sum(-1)
+
+
+_UNIFORM_LINEAR = BasisLinear('bspline_linear', _UniformBases, 'Tensor grid, int order')
+_COX_DE_BOOR_LINEAR = BasisLinear('cox_de_boor_linear', _CoxDeBoorBases, 'Tensor grid, int order')
 
 
 def grid_is_uniform(grid: torch.Tensor) -> bool:
@@ -184,14 +189,8 @@ def b_spline_basis(x: torch.Tensor, grid: torch.Tensor, spline_order: int,
     Returns:
         (..., in_features, grid_size + spline_order) bases; each row sums to 1 inside the grid.
     """
-    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    x, grid = x.to(dtype), grid.to(dtype)
     is_uniform = grid_is_uniform(grid) if uniform is None else uniform
-    if torch.jit.is_scripting():  # TorchScript cannot call autograd Functions: autograd differentiates the forward
-        return _uniform_bases(x, grid, spline_order) if is_uniform else _cox_de_boor_bases(x, grid, spline_order)
-    if is_uniform:
-        return apply_function(_UniformBSplineBasis, _uniform_bases, x, grid, spline_order)
-    return apply_function(_BSplineBasis, _cox_de_boor_bases, x, grid, spline_order)
+    return _uniform_bases(x, grid, spline_order) if is_uniform else _CoxDeBoorBases.basis(x, grid, spline_order)
 
 
 class BSplineKANLinear(KANLinearBase):
@@ -298,8 +297,11 @@ class BSplineKANLinear(KANLinearBase):
         return bspline_kan_matmul(x, self.grid, self.scaled_spline_weight(), self.spline_order)
 
     def expansion(self, x: torch.Tensor) -> torch.Tensor:
-        bases = b_spline_basis(x, self.grid, self.spline_order, self._grid_is_uniform()).flatten(-2).to(x.dtype)
-        return F.linear(bases, self.scaled_spline_weight().flatten(1), self.bias)
+        weight, uniform = self.scaled_spline_weight().flatten(1), self._grid_is_uniform()
+        if torch.jit.is_scripting():  # TorchScript cannot call autograd Functions: autograd keeps the bases here
+            bases = b_spline_basis(x, self.grid, self.spline_order, uniform)
+            return F.linear(bases.flatten(-2).to(x.dtype), weight, self.bias)
+        return (_UNIFORM_LINEAR if uniform else _COX_DE_BOOR_LINEAR)(x, weight, self.bias, self.grid, self.spline_order)
 
     def _grid_is_uniform(self) -> bool:
         """``grid_is_uniform`` of the knots, rechecked in eager only when they change (a state-dict load, a move, an

@@ -12,22 +12,28 @@ form cos(k * acos(tanh x)) has an infinite derivative once tanh rounds to +-1 (|
 >~ 9 in fp32) and turns gradients into NaN; the recurrence is a polynomial in t and stays finite.
 """
 from functools import partial
-from typing import Optional, Type
+from typing import Optional, Tuple, Type
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from ..kernels import register_check_case
-from .base import FUSED_HELP, KANLinearBase, apply_function, check_positive, fused_check_case, fused_option
+from .base import FUSED_HELP, BasisLinear, KANLinearBase, check_positive, fused_check_case, fused_option
 
 __all__ = ['ChebyshevKANLinear', 'chebyshev_basis', 'chebyshev_powers']
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.Tensor:
+    """x in the recurrence's dtype: fp32 for fp16/bf16 inputs (as in the fused kernel), since in bf16 its rounding
+    errors grow with the degree."""
+    return x.float() if x.dtype == torch.float16 or x.dtype == torch.bfloat16 else x
 
 
 def _chebyshev_powers(x: torch.Tensor, degree: int) -> torch.Tensor:
     """T_1..T_degree of t = tanh(x), stacked (..., degree, in): T_{k+1} = 2 t T_k - T_{k-1}, T_0 = 1. Each T_k is its
     own contiguous tensor until the one copy into the GEMM operand (no writes into views: graphs capture it)."""
-    t = torch.tanh(x)
+    t = torch.tanh(_compute_dtype(x))
     powers = [t]
     for k in range(2, degree + 1):
         step = torch.mul(t, powers[-1]).mul_(2)
@@ -35,43 +41,32 @@ def _chebyshev_powers(x: torch.Tensor, degree: int) -> torch.Tensor:
     return torch.stack(powers, -2)
 
 
-class _ChebyshevBasis(torch.autograd.Function):
-    """``_chebyshev_powers`` (T_0 = 1 is left out: its coefficients act as a bias) with a backward that needs only
-    t = T_1, which it reads from the output the GEMM keeps anyway: dT_k/dx = k U_{k-1}(t) (1 - t^2), with U_0 = 1,
+class _ChebyshevPowers:
+    """The layer's basis for ``BasisLinear`` (T_0 = 1 is left out: its coefficients act as a bias). Its backward
+    rebuilds the T_k from x and, from t = T_1, dT_k/dx = k U_{k-1}(t) (1 - t^2), with U_0 = 1,
     U_1 = 2t, U_{k+1} = 2t U_k - U_{k-1} (second kind)."""
+    basis = staticmethod(_chebyshev_powers)
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, degree: int) -> torch.Tensor:
-        out = _chebyshev_powers(x, degree)
-        ctx.save_for_backward(out)
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        (out,) = ctx.saved_tensors
-        t = out[..., 0, :]
-        degree = grad.shape[-2]
-        acc = grad[..., 0, :].clone()
+    def basis_backward(x: torch.Tensor, grad: torch.Tensor, degree: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        powers = _chebyshev_powers(x, degree)
+        t, grad = powers[..., 0, :], grad.unflatten(-1, (degree, -1))
+        acc = grad[..., 0, :].to(t.dtype)
         u_prev, u = None, 2 * t
         for k in range(2, degree + 1):
-            acc.addcmul_(grad[..., k - 1, :], u, value=k)
+            acc = acc.addcmul(grad[..., k - 1, :], u, value=k)
             if k < degree:
                 u_next = torch.mul(t, u).mul_(2)
                 u_prev, u = u, u_next.sub_(u_prev) if u_prev is not None else u_next.sub_(1)
-        return acc.mul_(1 - t * t), None
+        return powers, acc * (1 - t * t)
+
+
+_CHEBYSHEV_LINEAR = BasisLinear('chebyshev_linear', _ChebyshevPowers, 'int degree')
 
 
 def chebyshev_powers(x: torch.Tensor, degree: int) -> torch.Tensor:
-    """T_1..T_degree of tanh(x), shape (..., degree, in_features), in x's dtype: the layer's GEMM operand.
-
-    The recurrence runs in fp32 for fp16/bf16 inputs (as in the fused kernel): in bf16 its rounding
-    errors grow with the degree.
-    """
-    xc = x.float() if x.dtype == torch.float16 or x.dtype == torch.bfloat16 else x
-    if torch.jit.is_scripting():  # TorchScript cannot call autograd Functions: autograd keeps every T_k here
-        return _chebyshev_powers(xc, degree).to(x.dtype)
-    return apply_function(_ChebyshevBasis, _chebyshev_powers, xc, degree).to(x.dtype)
+    """T_1..T_degree of tanh(x), shape (..., degree, in_features), in x's dtype (computed in fp32 for fp16/bf16)."""
+    return _chebyshev_powers(x, degree).to(x.dtype)
 
 
 def chebyshev_basis(x: torch.Tensor, degree: int) -> torch.Tensor:
@@ -140,8 +135,10 @@ class ChebyshevKANLinear(KANLinearBase):
         bias = self.coeffs[..., 0].sum(1)
         if self.bias is not None:
             bias = bias + self.bias
-        powers = chebyshev_powers(x, self.degree).flatten(-2)
-        return F.linear(powers, self.coeffs[..., 1:].transpose(1, 2).flatten(1), bias)
+        weight = self.coeffs[..., 1:].transpose(1, 2).flatten(1)
+        if torch.jit.is_scripting():  # TorchScript cannot call autograd Functions: autograd keeps every T_k here
+            return F.linear(chebyshev_powers(x, self.degree).flatten(-2), weight, bias)
+        return _CHEBYSHEV_LINEAR(x, weight, bias, self.degree)
 
     def extra_repr(self) -> str:
         return (

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..kernels import register_check_case
 from .base import (
-    FUSED_HELP, HIDDEN_HELP, apply_function, capturing, check_positive, fused_check_case, fused_option, run_fused)
+    FUSED_HELP, HIDDEN_HELP, capturing, check_positive, exporting, fused_check_case, fused_option, run_fused)
 
 __all__ = ['GroupRational', 'GRKANMlp', 'RATIONAL_INITS']
 
@@ -116,37 +116,47 @@ def _coefficient_sums(weight: torch.Tensor, forms: Forms, scaled_first: torch.Te
     return direct + _moments(torch.where(small, 0.0, weight) * scaled_first, u, n).flip(-1)
 
 
-class _GroupRational(torch.autograd.Function):
-    """``group_rational_reference`` with a closed-form backward that keeps only x and y (y is what the next
-    layer keeps anyway) and recomputes the rest: dy/dx = (N' - y D') / D, with N' = P' and D' = dQ/dx, both
-    divided by x^4 on the scaled form; dy/da_i = dN/da_i / D, dy/d|b_j| = -y dD/d|b_j| / D."""
+@torch.library.custom_op('timm_kan::group_rational_reference', mutates_args=())
+def _group_rational_op(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, direct_only: bool) -> torch.Tensor:
+    """``group_rational_reference`` as an op that keeps only x and y (y is what the next layer keeps anyway), also
+    under torch.compile: its forward is one opaque node (inlined, inductor would keep the intermediates its backward
+    recomputes), its backward plain tensor ops that inductor fuses."""
+    return group_rational_reference(x, a, b, direct_only)
 
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, direct_only: bool) -> torch.Tensor:
-        y = group_rational_reference(x, a, b, direct_only)
-        ctx.save_for_backward(x, y, a, b)
-        ctx.direct_only = direct_only
-        return y
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        x, y, a, b = ctx.saved_tensors
-        forms = _forms(x, ctx.direct_only)
-        a, c = _coefficients(a, b)
-        # P' = sum i a_i x^(i-1) and dQ/d|x| as polynomials (the scaled forms: their coefficients reversed)
-        dp = a[:, 1:] * torch.arange(1, 6, dtype=a.dtype, device=a.device)[:, None]
-        dq = c[:, 1:] * torch.arange(1, 5, dtype=c.dtype, device=c.device)[:, None]
-        small, xs, _, u = forms
-        dn, dd = _horner(dp, xs), _horner(dq, xs.abs())
-        if small is not None:
-            dn = torch.where(small, dn, _horner(dp.flip(1), u))
-            dd = torch.where(small, dd, _horner(dq.flip(1), u.abs()) * u.abs())
-        r = grad / _denominator(forms, c)
-        dx = (dn - y * dd * torch.sign(x)) * r
-        grad_a = _coefficient_sums(r, forms, forms[2], 5, False)
-        grad_c = _coefficient_sums(-r * y, forms, torch.ones_like(x), 4, True)
-        return dx, grad_a, grad_c[:, 1:] * torch.where(b >= 0, 1.0, -1.0), None
+@_group_rational_op.register_fake
+def _(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, direct_only: bool) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+def _save_rational(ctx, inputs, output) -> None:
+    x, a, b, direct_only = inputs
+    ctx.save_for_backward(x, output, a, b)
+    ctx.direct_only = direct_only
+
+
+def _group_rational_backward(ctx, grad: torch.Tensor):
+    """Closed form: dy/dx = (N' - y D') / D, with N' = P' and D' = dQ/dx, both divided by x^4 on the scaled form;
+    dy/da_i = dN/da_i / D, dy/d|b_j| = -y dD/d|b_j| / D."""
+    x, y, a, b = ctx.saved_tensors
+    forms = _forms(x, ctx.direct_only)
+    a, c = _coefficients(a, b)
+    # P' = sum i a_i x^(i-1) and dQ/d|x| as polynomials (the scaled forms: their coefficients reversed)
+    dp = a[:, 1:] * torch.arange(1, 6, dtype=a.dtype, device=a.device)[:, None]
+    dq = c[:, 1:] * torch.arange(1, 5, dtype=c.dtype, device=c.device)[:, None]
+    small, xs, _, u = forms
+    dn, dd = _horner(dp, xs), _horner(dq, xs.abs())
+    if small is not None:
+        dn = torch.where(small, dn, _horner(dp.flip(1), u))
+        dd = torch.where(small, dd, _horner(dq.flip(1), u.abs()) * u.abs())
+    r = grad / _denominator(forms, c)
+    dx = (dn - y * dd * torch.sign(x)) * r
+    grad_a = _coefficient_sums(r, forms, forms[2], 5, False)
+    grad_c = _coefficient_sums(-r * y, forms, torch.ones_like(x), 4, True)
+    return dx, grad_a, grad_c[:, 1:] * torch.where(b >= 0, 1.0, -1.0), None
+
+
+_group_rational_op.register_autograd(_group_rational_backward, setup_context=_save_rational)
 
 
 class GroupRational(nn.Module):
@@ -205,14 +215,16 @@ class GroupRational(nn.Module):
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         xg = x.to(dtype).reshape(-1, self.groups, self.num_channels // self.groups)
         a, b = self.numerator.to(dtype), self.denominator.to(dtype)
-        if torch.jit.is_scripting():  # TorchScript cannot call autograd Functions: autograd differentiates it
+        if torch.jit.is_scripting():  # TorchScript cannot call custom autograd: autograd differentiates it
+            y = group_rational_reference(xg, a, b)
+        elif exporting():  # an exported graph holds plain tensor ops, for any runtime
             y = group_rational_reference(xg, a, b)
         else:
             # in eager, the usual inputs (no |x| > _DIRECT_MAX) skip the scaled form; graph captures keep both
             # (a meta tensor, built only to be counted, has no values to look at)
             direct_only = not capturing() and (xg.numel() == 0 or xg.device.type == 'meta'
                                                or bool(xg.detach().abs().max() <= _DIRECT_MAX))
-            y = apply_function(_GroupRational, group_rational_reference, xg, a, b, direct_only)
+            y = _group_rational_op(xg, a, b, direct_only)
         return y.reshape(x.shape).to(x.dtype)
 
     def _fused(self, x: torch.Tensor) -> torch.Tensor:

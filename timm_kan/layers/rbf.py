@@ -8,9 +8,9 @@ optional SiLU base branch:
     gaussian:  phi_j(x) = exp(-((x - g_j) / h)^2)
     rswaf:     phi_j(x) = 1 - tanh((x - g_j) / h)^2      (FasterKAN's reflectional switch)
 
-The bases are computed per centre as contiguous (..., in) blocks laid out (..., G, in), the GEMM's operand, and
-the backward is closed-form from the saved bases: d/dx exp(-z^2) = -2 z phi / h and
-d/dx (1 - tanh(z)^2) = -2 tanh(z) phi / h.
+The bases are computed per centre as contiguous (..., in) blocks laid out (..., G, in), the GEMM's operand. The
+layer keeps only its (normalised) input for backward, which rebuilds the bases with their closed-form derivatives:
+d/dx exp(-z^2) = -2 z phi / h and d/dx (1 - tanh(z)^2) = -2 tanh(z) phi / h.
 """
 import math
 from typing import List, Optional, Type, Tuple
@@ -19,56 +19,51 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .base import KANLinearBase, apply_function, check_range
+from .base import BasisLinear, KANLinearBase, check_range
 
 __all__ = ['RBFKANLinear', 'RBF_BASES', 'rbf_basis']
 
 RBF_BASES = ('gaussian', 'rswaf')
 
 
+def _radial(x: torch.Tensor, center: float, width: float, basis: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One centre's bases phi and s, with dphi/dx = -2 s phi / h: s = z for the gaussian, tanh(z) for rswaf."""
+    z = (x - center) * (1 / width)
+    if basis == 'gaussian':
+        return torch.exp(-(z * z)), z
+    s = torch.tanh(z)
+    return 1 - s * s, s
+
+
 def _rbf_bases(x: torch.Tensor, centers: List[float], width: float, basis: str) -> torch.Tensor:
     """(..., in) -> (..., G, in) radial bases, one contiguous (..., in) block per centre until the one copy into the
     GEMM operand (out of place: TorchScript's path differentiates this with autograd)."""
-    bases = []
-    for c in centers:
-        z = (x - c) * (1 / width)
-        bases.append(torch.exp(-(z * z)) if basis == 'gaussian' else 1 - torch.tanh(z).square())
-    return torch.stack(bases, -2)
+    return torch.stack([_radial(x, c, width, basis)[0] for c in centers], -2)
 
 
-class _RBFBasis(torch.autograd.Function):
-    """(..., in) -> (..., G, in) radial bases; backward from the saved bases (which the GEMM keeps anyway)."""
+class _RadialBases:
+    """The layer's basis for ``BasisLinear``; its backward rebuilds each centre's bases from x, with their
+    closed-form derivatives, in one loop."""
+    basis = staticmethod(_rbf_bases)
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, centers: List[float], width: float, basis: str) -> torch.Tensor:
-        out = _rbf_bases(x, centers, width, basis)
-        ctx.save_for_backward(x, out)
-        ctx.centers, ctx.width, ctx.basis = centers, width, basis
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        x, out = ctx.saved_tensors
+    def basis_backward(x: torch.Tensor, grad: torch.Tensor, centers: List[float], width: float,
+                       basis: str) -> Tuple[torch.Tensor, torch.Tensor]:
+        bases, grad = [], grad.unflatten(-1, (len(centers), -1))
         dx = torch.zeros_like(x)
-        for g, c in enumerate(ctx.centers):
-            z = (x - c).mul_(1 / ctx.width)
-            if ctx.basis != 'gaussian':
-                z = z.tanh_()
-            dx.addcmul_(grad[..., g, :] * out[..., g, :], z, value=-2 / ctx.width)
-        return dx, None, None, None
+        for g, c in enumerate(centers):
+            phi, s = _radial(x, c, width, basis)
+            bases.append(phi)
+            dx = dx.addcmul(grad[..., g, :] * phi, s, value=-2 / width)
+        return torch.stack(bases, -2), dx
 
 
-def _radial_bases(x: torch.Tensor, centers: List[float], width: float, basis: str) -> torch.Tensor:
-    """``_RBFBasis``, or under TorchScript (which cannot call autograd Functions) its forward under autograd."""
-    if torch.jit.is_scripting():
-        return _rbf_bases(x, centers, width, basis)
-    return apply_function(_RBFBasis, _rbf_bases, x, centers, width, basis)
+_RBF_LINEAR = BasisLinear('rbf_linear', _RadialBases, 'float[] centers, float width, str basis')
 
 
 def rbf_basis(x: torch.Tensor, centers: List[float], width: float, basis: str) -> torch.Tensor:
     """(..., in) -> (..., in, G) radial bases (a view of the layer's (..., G, in) GEMM layout)."""
-    return _radial_bases(x, centers, width, basis).transpose(-1, -2)
+    return _rbf_bases(x, centers, width, basis).transpose(-1, -2)
 
 
 class RBFKANLinear(KANLinearBase):
@@ -156,8 +151,10 @@ class RBFKANLinear(KANLinearBase):
 
     def expansion(self, x: torch.Tensor) -> torch.Tensor:
         # K ordered (centre, in): each centre's bases are one contiguous block, only the small weight moves
-        bases = _radial_bases(self.norm(x), self.center_values, self.width, self.basis)
-        return F.linear(bases.flatten(-2), self.spline_weight.transpose(1, 2).flatten(1), self.bias)
+        u, weight = self.norm(x), self.spline_weight.transpose(1, 2).flatten(1)
+        if torch.jit.is_scripting():  # TorchScript cannot call autograd Functions: autograd keeps the bases here
+            return F.linear(_rbf_bases(u, self.center_values, self.width, self.basis).flatten(-2), weight, self.bias)
+        return _RBF_LINEAR(u, weight, self.bias, self.center_values, self.width, self.basis)
 
     def extra_repr(self) -> str:
         return (f'in_features={self.in_features}, out_features={self.out_features}, grid_size={self.grid_size}, '

@@ -1,0 +1,139 @@
+"""What the KAN layers keep for backward (issue: activation memory near the MLP's): the reference path's
+``BasisLinear`` ops keep x, not the basis, eager and compiled; their backward equals autograd's on the plain forward.
+Saved bytes per token are measured as by ``timm-kan bench`` (``timm_kan.accounting.saved_bytes_per_row``)."""
+import pytest
+import torch
+from timm.layers import Mlp
+from torch.nn import functional as F
+
+from timm_kan.accounting import saved_bytes_per_row
+from timm_kan.layers import KAN_FAMILIES, BSplineKANLinear, ChebyshevKANLinear, RBFKANLinear
+
+DIM, HIDDEN, TOKENS = 32, 128, 64
+# saved bytes per token against timm's Mlp at most (the issue's targets)
+TARGETS = {'chebyshev': 1.5, 'rational': 1.5, 'bspline': 2.0, 'rbf': 2.0}
+
+
+def _tokens(n: int) -> torch.Tensor:
+    return torch.randn(n, DIM, requires_grad=True)
+
+
+def _vs_mlp(block: torch.nn.Module) -> float:
+    return saved_bytes_per_row(block, _tokens, TOKENS) / saved_bytes_per_row(Mlp(DIM, HIDDEN), _tokens, TOKENS)
+
+
+@pytest.mark.parametrize('kan_type', sorted(TARGETS))
+def test_saved_bytes_per_token_meet_the_targets_eager_and_compiled(kan_type):
+    block = KAN_FAMILIES[kan_type].block(DIM, HIDDEN)
+    eager = _vs_mlp(block)
+    assert eager <= TARGETS[kan_type], f'{kan_type}: {eager:.2f}x the MLP'
+    torch._dynamo.reset()
+    compiled = _vs_mlp(torch.compile(block, fullgraph=True))
+    assert compiled <= TARGETS[kan_type], f'{kan_type} compiled: {compiled:.2f}x the MLP'
+
+
+def test_the_measure_sees_a_dense_basis():
+    """The definition counts what a layer keeps: a plain basis + F.linear keeps its (degree x larger) basis."""
+    class Plain(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = ChebyshevKANLinear(DIM, HIDDEN, degree=4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            from timm_kan.layers.chebyshev import chebyshev_powers
+            return F.linear(chebyshev_powers(x, 4).flatten(-2), self.layer.coeffs[..., 1:].transpose(1, 2).flatten(1))
+
+    per_token = saved_bytes_per_row(Plain(), _tokens, TOKENS)
+    assert per_token >= 4 * DIM * 4  # at least the four T_k of x, fp32, and the recurrence's intermediates
+    assert saved_bytes_per_row(Plain().layer, _tokens, TOKENS) == 0  # the layer keeps only x
+
+
+LAYERS = {
+    'chebyshev': lambda: ChebyshevKANLinear(5, 7, degree=3, bias=True),
+    'bspline': lambda: BSplineKANLinear(5, 7, grid_size=4, spline_order=3),
+    'rbf': lambda: RBFKANLinear(5, 7, grid_size=4, basis='rswaf'),
+    'rbf gaussian': lambda: RBFKANLinear(5, 7, grid_size=4),
+}
+
+
+def _adapted(layer: BSplineKANLinear) -> BSplineKANLinear:
+    layer.update_grid(torch.randn(64, 5))  # quantile knots: the Cox-de Boor op
+    return layer
+
+
+@pytest.mark.parametrize('name', sorted(LAYERS) + ['bspline adapted'])
+def test_backward_equals_autograd_on_the_plain_forward(name):
+    torch.manual_seed(0)
+    layer = _adapted(LAYERS['bspline']()) if name == 'bspline adapted' else LAYERS[name]()
+    layer = layer.double()
+    x = (torch.randn(3, 4, 5, dtype=torch.float64) * 1.5).requires_grad_()
+    params = [p for p in layer.parameters()]
+    y = layer(x)
+    grads = torch.autograd.grad(y, [x, *params], torch.ones_like(y))
+    plain = torch.jit.trace(layer, (x.detach(),), check_trace=False)  # traced: BasisLinear's plain forward
+    y2 = plain(x)
+    grads2 = torch.autograd.grad(y2, [x, *params], torch.ones_like(y2))
+    torch.testing.assert_close(y, y2, rtol=1e-12, atol=1e-12)
+    for a, b in zip(grads, grads2):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+def _op_args(name: str):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+
+    def w(k):
+        return torch.randn(3, k, generator=g, dtype=torch.float64, requires_grad=True)
+
+    bias = torch.randn(3, generator=g, dtype=torch.float64, requires_grad=True)
+    grid = torch.linspace(-2, 2, 12, dtype=torch.float64).expand(5, -1).contiguous()
+    return {'chebyshev_linear': (x, w(15), bias, 3),
+            'rbf_linear': (x, w(20), bias, [-1.0, 0.0, 0.5, 1.0], 0.7, 'rswaf'),
+            'bspline_linear': (x, w(40), bias, grid, 3), 'cox_de_boor_linear': (x, w(40), None, grid ** 3 / 2, 3),
+            'silu_linear': (x, w(5), None), 'gelu_linear': (x, w(5), bias)}[name]
+
+
+OPS = ('chebyshev_linear', 'rbf_linear', 'bspline_linear', 'cox_de_boor_linear', 'silu_linear', 'gelu_linear')
+
+
+@pytest.mark.parametrize('name', OPS)
+def test_reference_op_passes_opcheck_and_gradcheck(name):
+    op = getattr(torch.ops.timm_kan, name).default
+    args = _op_args(name)
+    torch.library.opcheck(op, args, test_utils=('test_schema', 'test_autograd_registration', 'test_faketensor',
+                                                'test_aot_dispatch_dynamic'))
+    tensors = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.requires_grad]
+
+    def f(*inputs):
+        full = list(args)
+        for i, t in zip(tensors, inputs):
+            full[i] = t
+        return op(*full)
+
+    assert torch.autograd.gradcheck(f, [args[i] for i in tensors])
+
+
+def test_reference_op_follows_autocast_like_f_linear():
+    layer = ChebyshevKANLinear(8, 6, degree=3, bias=True)
+    x = torch.randn(2, 8, requires_grad=True)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert x.grad.dtype == torch.float32 and layer.coeffs.grad.dtype == torch.float32
+    torch.testing.assert_close(y.float(), layer(x).detach(), rtol=3e-2, atol=3e-2)
+
+
+def test_flop_counts_see_the_reference_ops_gemms():
+    """The ops are opaque to FlopCounterMode: their formula counts the GEMM (K = in x bases), base branch included."""
+    from timm_kan.accounting import count_flops
+
+    x = torch.randn(4, 5)
+    for layer, k in ((ChebyshevKANLinear(5, 7, degree=3), 5 * 3), (BSplineKANLinear(5, 7, grid_size=4), 5 * 7 + 5),
+                     (RBFKANLinear(5, 7, grid_size=4), 5 * 4 + 5)):
+        with torch.utils.flop_counter.FlopCounterMode(display=False) as counter:
+            layer(x)
+        assert counter.get_total_flops() == 2 * 4 * k * 7, type(layer).__name__
+    import timm
+    model = timm.create_model('chebykan_vit_t16', img_size=32, patch_size=8, depth=2)
+    assert count_flops(model) == 79756416  # as before the ops (the GEMMs of the plain F.linear path)
