@@ -15,8 +15,8 @@ rational, PAU (73.6), against GR-KAN (74.6). This block is that MLP:
   Rectifiers", arXiv:1502.01852.
 
 fc1/fc2 keep timm's names, so a ViT checkpoint loads into them as it is: with ``kan_init='mlp'`` the model
-computes the ViT up to the rational's GELU fit (within 0.004 on [-8, 8]). Its parameters are the ViT's plus the
-activations' coefficients (10 per group and block for the rational, 1 for PReLU).
+computes the ViT up to the rational's GELU fit (0.0040 off at worst on [-8, 8]). Its parameters are the ViT's plus
+the activations' coefficients (10 per group and block for the rational, 1 for PReLU).
 """
 from typing import Any, Collection, Dict, Optional, Tuple, Type
 
