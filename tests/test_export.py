@@ -21,9 +21,14 @@ def _model(prefix: str, depth: int = 1, **kwargs) -> torch.nn.Module:
 
 
 def _layer(kan_type: str) -> torch.nn.Module:
-    """The family's smallest layer, its coefficients drawn so that every term matters."""
+    """The family's smallest layer (a family without KAN layers: its block), its coefficients drawn so that every
+    term matters."""
     torch.manual_seed(0)
-    layer = GroupRational(8, groups=2, init='gelu') if kan_type == 'rational' else KAN_FAMILIES[kan_type].layer(8, 3)
+    family = KAN_FAMILIES[kan_type]
+    if kan_type == 'rational':
+        layer = GroupRational(8, groups=2, init='gelu')
+    else:
+        layer = family.layer(8, 3) if family.layer is not None else family.block(8, 16)
     with torch.no_grad():
         for p in layer.parameters():
             p.normal_(0, 0.5)

@@ -3,8 +3,9 @@
 Sub-commands: ``info`` (parameters and FLOPs of a model), ``convert`` (a ViT checkpoint into a KAN-ViT folder
 for ``local-dir:``/``hf-hub:``), ``compare`` (train models under one recipe and compare them), ``predict``
 (top-k classes of images), ``push`` (a trained checkpoint to the Hugging Face Hub), ``split`` (an image folder
-into train/ and val/), ``models`` (README's generated tables), ``bench`` (KAN layers against the MLP) and
-``explain`` (what a KAN-ViT's layers learned: edge functions, importance, pruning, symbolic fits).
+into train/ and val/), ``models`` (README's generated tables), ``merge-results`` (runs of other models into one
+results file), ``bench`` (KAN layers against the MLP) and ``explain`` (what a KAN-ViT's layers learned: edge
+functions, importance, pruning, symbolic fits).
 Every error a user can act on is one line on stderr and exit status 2.
 """
 import argparse
@@ -170,6 +171,29 @@ def _cmd_models(args: argparse.Namespace) -> None:
         print(registry_table())
 
 
+def _cmd_merge_results(args: argparse.Namespace) -> None:
+    from .comparison.results import merge_results, write_results
+    from .io import check_output_dir, mark_output_dir
+
+    if len(args.results) < 2:
+        raise ValueError('merge-results: give two or more results.json files (the first one\'s metadata is kept)')
+    out = check_output_dir(args.out, 'merge-results', '--out', args.results, args.overwrite)
+    runs = []
+    for path in args.results:
+        try:
+            run = json.loads(Path(path).read_text())
+        except ValueError as e:
+            raise ValueError(f'{path} is not a results.json of timm-kan compare ({e})') from None
+        if not isinstance(run, dict) or not isinstance(run.get('results'), list):
+            raise ValueError(f'{path} is not a results.json of timm-kan compare (no results list)')
+        runs.append(run)
+    merged = merge_results(runs, args.results)
+    out.mkdir(parents=True, exist_ok=True)
+    mark_output_dir(out, 'merge-results')
+    write_results(merged['results'], out, {k: v for k, v in merged.items() if k != 'results'})
+    print(f'wrote {out}: results.json ({len(merged["results"])} runs), results.csv and the plots')
+
+
 def _cmd_bench(args: argparse.Namespace) -> None:
     from .bench import main as bench_main
     bench_main(args.bench_args)
@@ -271,6 +295,17 @@ def _add_models(sub) -> None:
     p.set_defaults(fn=_cmd_models)
 
 
+def _add_merge_results(sub) -> None:
+    p = sub.add_parser('merge-results', help="compare runs of other models, under the first run's configuration, "
+                                             'into one results file')
+    p.add_argument('results', nargs='+', metavar='RESULTS_JSON', help='results.json files; the first one sets the '
+                   'configuration every other must share')
+    p.add_argument('--out', required=True, help='output folder: results.json, results.csv and the plots')
+    p.add_argument('--overwrite', action='store_true',
+                   help='write into an existing folder merge-results did not make (only its own files are replaced)')
+    p.set_defaults(fn=_cmd_merge_results)
+
+
 def _add_bench(sub) -> None:
     p = sub.add_parser('bench', help='time KAN layers against the MLP (see timm-kan bench --help)', add_help=False)
     p.add_argument('bench_args', nargs=argparse.REMAINDER)
@@ -302,8 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .explain.command import add_explain_parser
     from .export import add_export_parser
 
-    for add in (_add_info, _add_convert, _add_compare, _add_predict, _add_push, _add_split, _add_models, _add_bench,
-                _add_timm, add_explain_parser, add_export_parser):
+    for add in (_add_info, _add_convert, _add_compare, _add_predict, _add_push, _add_split, _add_models,
+                _add_merge_results, _add_bench, _add_timm, add_explain_parser, add_export_parser):
         add(sub)
     return parser
 

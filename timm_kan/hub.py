@@ -148,8 +148,8 @@ def model_card(
         'writes the model and checks it against PyTorch.\n'
     )
     return {
-        'description': f'A {details["KAN type"]} Vision Transformer ({arch}) made with timm_kan: each ViT block\'s '
-                       'MLP is replaced by two KAN layers. Loading needs `import timm_kan` before '
+        'description': f'A Vision Transformer ({arch}) made with timm_kan: each ViT block\'s MLP is replaced by '
+                       f'a {details["KAN type"]} feed-forward block. Loading needs `import timm_kan` before '
                        '`timm.create_model`.',
         'details': details,
         'usage': usage,

@@ -4,7 +4,7 @@ import functools
 import json
 import re
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import timm
 
@@ -125,14 +125,19 @@ def cpu_performance_section(bench_results: Union[str, Path]) -> str:
     return format_report(json.loads(Path(bench_results).read_text()))
 
 
+def _measured(run: Dict[str, Any]) -> str:
+    return (f"{run.get('date', 'n/a')} on {run['device']} ({run.get('processor', 'n/a')}) with torch {run['torch']}, "
+            f"timm {run['timm']}; command: `{run.get('command', 'n/a')}`")
+
+
 def results_section(results_json: Union[str, Path]) -> str:
-    """A ``timm-kan compare`` run for README.md: where and how it ran, then its table."""
+    """A ``timm-kan compare`` run for README.md: where and how it ran (and each run merged into it by
+    ``timm-kan merge-results``), then its table."""
     from .comparison.results import format_table
 
     run = json.loads(Path(results_json).read_text())
-    return (f"Measured {run.get('date', 'n/a')} on {run['device']} ({run.get('processor', 'n/a')}) with torch "
-            f"{run['torch']}, timm {run['timm']}; command: `{run.get('command', 'n/a')}`\n\n"
-            + format_table(run['results']))
+    merged = ''.join(f'\n\nMerged with runs measured {_measured(other)}' for other in run.get('merged', ()))
+    return f'Measured {_measured(run)}{merged}\n\n' + format_table(run['results'])
 
 
 def block_files(readme: Union[str, Path]) -> List[Path]:

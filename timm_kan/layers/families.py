@@ -15,6 +15,7 @@ from torch import nn
 
 from .bspline import BSplineKANLinear
 from .chebyshev import ChebyshevKANLinear
+from .learnable_act_mlp import LearnableActMlp
 from .rational import GRKANMlp
 from .rbf import RBFKANLinear
 
@@ -39,6 +40,8 @@ class KANFamily:
         width_multiple_of: The option whose value every hidden width must be a multiple of (group-rational:
             ``groups``, its coefficient groups), for parameter matching and pruning; None: any width.
         bench_name: The family's name in ``timm-kan bench`` rows (``'<bench_name> reference'`` / ``fused``).
+        control: Not a KAN but the control of one (the MLP with a learnable activation): the Results tables show
+            how much of each family's gain over the ViT it already gives.
     """
     kan_type: str
     prefix: str
@@ -51,6 +54,7 @@ class KANFamily:
     notes: Mapping[str, str] = field(default_factory=dict)
     width_multiple_of: Optional[str] = None
     bench_name: str = ''
+    control: bool = False
 
     def __post_init__(self) -> None:
         if (self.layer is None) == (self.own_block is None):
@@ -177,5 +181,9 @@ for _family in (
                   dict(groups='groups', kan_act_init='kan_act_init', kan_fused='kan_fused'),
                   'group-rational KAN, {groups} groups', own_block=GRKANMlp, width_multiple_of='groups',
                   bench_name='group-rational'),
+        KANFamily('rational_mlp', 'ratmlp_vit', 'MLP + learnable activation',
+                  dict(groups='groups', kan_fused='kan_fused'), 'MLP + learnable activation, {control_act}, {groups} '
+                  'groups', own_block=LearnableActMlp, width_multiple_of='groups', bench_name='rational mlp',
+                  control=True),
 ):
     add_family(_family)

@@ -5,7 +5,9 @@ Papers:
     - KAN: Liu et al., "KAN: Kolmogorov-Arnold Networks", arXiv:2404.19756 (B-spline, ``kan_vit_*``)
     - Chebyshev KAN: SS. Sidharth, arXiv:2405.07200 (``chebykan_vit_*``)
     - FastKAN: Z. Li, arXiv:2405.06721, as Vision-KAN uses it (RBF bases, ``rbfkan_vit_*``)
-    - KAT: Yang & Wang, "Kolmogorov-Arnold Transformer", arXiv:2409.10594 (group-rational, ``grkan_vit_*``)
+    - KAT: Yang & Wang, "Kolmogorov-Arnold Transformer", arXiv:2409.10594 (group-rational, ``grkan_vit_*``; its
+      Table 8 ablation is the control ``ratmlp_vit_*``: the MLP with a learnable activation, PAU, Molina et al.,
+      arXiv:1907.06732, or PReLU, He et al., arXiv:1502.01852)
 
 Every timm ViT feature (``num_classes``, ``global_pool``, ``drop_path_rate``, ``img_size``,
 ``features_only``, ``forward_intermediates``, grad checkpointing) is inherited from
@@ -13,7 +15,7 @@ Every timm ViT feature (``num_classes``, ``global_pool``, ``drop_path_rate``, ``
 family's own (``KAN_FAMILIES``), and the adapter's ``kan_init`` ('mlp' | 'random'), ``freeze``
 ('none' | 'head' | 'backbone') and ``pretrained_strict``.
 
-The 56 entry points (4 families x 7 sizes, each under its full name and a short alias such as
+The entry points (each family x each size, under its full name and a short alias such as
 ``chebykan_vit_b16``) are generated from ``KAN_FAMILIES`` and ``ARCHS`` (``models/archs.py``): a new family
 (``register_family``) or size is one table entry, and every entry point gets a docstring saying what it builds.
 """
