@@ -164,6 +164,11 @@ def test_readme_cpu_performance_section_is_the_generated_one():
     assert _block('cpu-performance') == cpu_performance_section(ROOT / 'docs' / 'bench' / 'cpu-vit-t.json').strip()
 
 
+def test_readme_speed_and_memory_section_is_the_generated_one():
+    from timm_kan.tables import speed_memory_section
+    assert _block('speed-memory') == speed_memory_section(ROOT / 'docs' / 'bench' / 'cpu-vit-t.json').strip()
+
+
 @pytest.mark.parametrize('name', ['mnist5k', 'fashion10k'])
 def test_readme_results_are_the_generated_ones(name):
     from timm_kan.tables import results_section
@@ -211,8 +216,8 @@ def test_update_readme_rewrites_blocks_in_readme_and_docs(tmp_path):
     from timm_kan.tables import update_readme
     readme = _copy_pages(tmp_path)
     before = {page.name: page.read_text() for page in block_files(readme)}
-    regenerated = ('models-table|options-table|mission-table|performance|cpu-performance|results-mnist5k|'
-                   'results-fashion10k')
+    regenerated = ('models-table|options-table|mission-table|performance|cpu-performance|speed-memory|'
+                   'results-mnist5k|results-fashion10k')
     for page in block_files(readme):  # spoil every block the command below regenerates
         text = re.sub(rf'(<!-- ({regenerated}):start -->\n).*?(<!-- \2:end -->)', r'\1stale\n\3', page.read_text(),
                       flags=re.S)

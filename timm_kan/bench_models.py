@@ -151,18 +151,20 @@ CPU_TARGETS = (
     ('group-rational FFN compiled fwd+bwd vs compiled MLP (CPU)', 'group-rational reference compiled',
      'fwd_bwd_vs_mlp', 1.3),
 )
-# every device and shape: the activations the reference path keeps per token, vs the MLP, eager and compiled
-SAVED_TARGETS = {'chebyshev': 1.5, 'group-rational': 1.5, 'bspline': 2.0, 'rbf': 2.0}
 
 
 def _bounded_rows(result: Dict[str, Any]) -> List[Tuple[str, str, str, str, float]]:
     """(what, variant, column, goal, bound) of the per-variant targets this result's device and shape take."""
     out = [(what, variant, column, 'max', bound) for what, variant, column, bound in CPU_TARGETS
            if str(result.get('device', '')).startswith('cpu') and result.get('preset') == 'vit-t']
-    for family, bound in SAVED_TARGETS.items():
+    from .layers import KAN_FAMILIES
+
+    for family in KAN_FAMILIES.values():  # every device and shape: each family's saved_target, eager and compiled
+        if family.saved_target is None:
+            continue
         for suffix in ('', ' compiled'):
-            out.append((f'{family} FFN saved activations per token vs MLP{suffix}', f'{family} reference{suffix}',
-                        'saved_vs_mlp', 'max', bound))
+            out.append((f'{family.display} FFN saved activations per token vs MLP{suffix}',
+                        family.bench_variant(False) + suffix, 'saved_vs_mlp', 'max', family.saved_target))
     return out
 
 
@@ -193,7 +195,7 @@ def check_targets(result: Dict[str, Any]) -> List[Dict[str, Any]]:
         row = next((r for r in result.get(table) or () if r[key] == value), None)
         if row is None:
             continue
-        measured = row[column]
+        measured = row.get(column)
         met = measured is not None and (measured <= bound if goal == 'max' else measured >= bound)
         rows.append(dict(target=what, goal=f"{'<=' if goal == 'max' else '>='} {bound:g}", measured=measured, met=met))
     for row in result.get('paths') or ():

@@ -130,6 +130,40 @@ def _measured(run: Dict[str, Any]) -> str:
             f"timm {run['timm']}; command: `{run.get('command', 'n/a')}`")
 
 
+def speed_memory_section(bench_results: Union[str, Path]) -> str:
+    """README's short view of a CPU ``timm-kan bench --shape vit-t --compile --json`` file: each FFN's fwd+bwd
+    time against the MLP, eager and compiled, with what compiling buys, then how big a batch fits."""
+    from .io import markdown_table
+
+    result = json.loads(Path(bench_results).read_text())
+    rows = {r['variant']: r for r in result['ffn']}
+
+    def fmt(v: Optional[float], unit: str = 'x') -> str:
+        return 'n/a' if v is None else f'{v:.2f}{unit}'
+
+    speed = []
+    for name, row in rows.items():
+        if name.endswith(' compiled') or f'{name} compiled' not in rows:
+            continue
+        compiled = rows[f'{name} compiled']
+        gain = compiled['fwd_bwd_ms'] / row['fwd_bwd_ms'] if compiled['fwd_bwd_ms'] and row['fwd_bwd_ms'] else None
+        speed.append([name, fmt(row['fwd_bwd_vs_mlp']), fmt(compiled['fwd_bwd_vs_mlp']), fmt(gain),
+                      fmt(row['saved_vs_mlp']), fmt(compiled['saved_vs_mlp'])])
+    shape = result['shape']
+    parts = [f"Measured {result['date']} on {result['device']} ({result.get('processor') or 'n/a'}); command: "
+             f"`{result['command']}`. FFN {shape['dim']}->{shape['hidden']}->{shape['dim']} on {shape['tokens']} "
+             f"tokens, {result['dtype']}; compiled rows against the compiled MLP:",
+             markdown_table(['FFN', 'fwd+bwd vs MLP', 'compiled vs compiled MLP', 'compiled / eager',
+                             'saved per token vs MLP', 'compiled'], speed)]
+    if result.get('batch_fit'):
+        sizes = [k for k in result['batch_fit'][0] if k != 'variant']
+        parts += ['How big a batch fits: the activations one FFN block keeps for backward per 224 px image '
+                  '(197 tokens), MiB; multiply by the depth (12 for ViT-T/S/B) and the batch:',
+                  markdown_table(['FFN', *(k.replace(' MiB/image', '').upper().replace('VIT', 'ViT') for k in sizes)],
+                                 [[r['variant'], *(f'{r[k]:.1f}' for k in sizes)] for r in result['batch_fit']])]
+    return '\n\n'.join(parts)
+
+
 def results_section(results_json: Union[str, Path]) -> str:
     """A ``timm-kan compare`` run for README.md: where and how it ran (and each run merged into it by
     ``timm-kan merge-results``), then its table."""
@@ -169,6 +203,7 @@ def update_readme(
               ('performance', performance_section(bench_results))]
     if cpu_bench_results:
         blocks.append(('cpu-performance', cpu_performance_section(cpu_bench_results)))
+        blocks.append(('speed-memory', speed_memory_section(cpu_bench_results)))
     for name, path in (results or {}).items():  # the Results tables: block results-NAME
         blocks.append((f'results-{name}', results_section(path)))
     if compare_results:

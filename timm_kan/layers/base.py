@@ -99,7 +99,8 @@ class BasisLinear:
 
     def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], *args) -> torch.Tensor:
         device = x.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        autocast = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+        dtype = torch.get_autocast_dtype(device) if autocast else x.dtype
         weight = weight.to(dtype)
         bias = None if bias is None else bias.to(dtype)
         if exporting():  # an exported graph holds plain tensor ops, for any runtime (the legacy ONNX exporter too)
@@ -128,8 +129,8 @@ class BasisLinear:
         ctx.save_for_backward(x, weight, *[a for a in args if isinstance(a, torch.Tensor)])
 
     def _backward(self, ctx: Any, grad: torch.Tensor):
-        x, weight = ctx.saved_tensors[:2]
-        tensors = iter(ctx.saved_tensors[2:])
+        x, weight, *saved = ctx.saved_tensors  # (read once: activation checkpointing allows no second unpack)
+        tensors = iter(saved)
         args = [next(tensors) if is_tensor else a for is_tensor, a in zip(ctx.arg_is_tensor, ctx.plain_args)]
         rows = grad.reshape(-1, grad.shape[-1])
         grad_basis = (rows @ weight).view(x.shape[:-1] + (-1,))

@@ -42,6 +42,8 @@ class KANFamily:
         bench_name: The family's name in ``timm-kan bench`` rows (``'<bench_name> reference'`` / ``fused``).
         control: Not a KAN but the control of one (the MLP with a learnable activation): the Results tables show
             how much of each family's gain over the ViT it already gives.
+        saved_target: The most activations its reference FFN may keep for backward per token, as a multiple of
+            the MLP's, eager and compiled (checked by the bench and the tests); None: no target.
     """
     kan_type: str
     prefix: str
@@ -55,6 +57,7 @@ class KANFamily:
     width_multiple_of: Optional[str] = None
     bench_name: str = ''
     control: bool = False
+    saved_target: Optional[float] = None
 
     def __post_init__(self) -> None:
         if (self.layer is None) == (self.own_block is None):
@@ -168,19 +171,20 @@ for _family in (
                   dict(grid_size='grid_size', spline_order='spline_order', grid_range='grid_range',
                        kan_coeff_init='coeff_init', kan_fused='fused'),
                   'B-spline KAN, grid {grid_size}, order {spline_order}', layer=BSplineKANLinear, default_base='silu',
-                  bench_name='bspline'),
+                  bench_name='bspline', saved_target=2.0),
         KANFamily('chebyshev', 'chebykan_vit', 'Chebyshev KAN',
                   dict(degree='degree', kan_coeff_init='coeff_init', kan_fused='fused'),
                   'Chebyshev KAN, degree {degree}', layer=ChebyshevKANLinear, default_base='none',
-                  bench_name='chebyshev'),
+                  bench_name='chebyshev', saved_target=1.5),
         KANFamily('rbf', 'rbfkan_vit', 'RBF KAN',
                   dict(grid_size='grid_size', rbf_basis='basis', grid_range='grid_range', kan_coeff_init='coeff_init'),
                   'RBF KAN, {grid_size} {rbf_basis} bases', layer=RBFKANLinear, default_base='silu',
-                  notes=dict(kan_fused='there is no fused kernel for rbf KAN yet'), bench_name='rbf'),
+                  notes=dict(kan_fused='there is no fused kernel for rbf KAN yet'), bench_name='rbf',
+                  saved_target=2.0),
         KANFamily('rational', 'grkan_vit', 'group-rational KAN',
                   dict(groups='groups', kan_act_init='kan_act_init', kan_fused='kan_fused'),
                   'group-rational KAN, {groups} groups', own_block=GRKANMlp, width_multiple_of='groups',
-                  bench_name='group-rational'),
+                  bench_name='group-rational', saved_target=1.5),
         KANFamily('rational_mlp', 'ratmlp_vit', 'MLP + learnable activation',
                   dict(groups='groups', kan_fused='kan_fused'), 'MLP + learnable activation, {control_act}, {groups} '
                   'groups', own_block=LearnableActMlp, width_multiple_of='groups', bench_name='rational mlp',
