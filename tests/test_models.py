@@ -33,8 +33,9 @@ def test_list_models_lists_every_variant():
     assert len(pretrained) == 14
 
 
-@pytest.mark.parametrize('name', ALL_NAMES)
+@pytest.mark.parametrize('name', [f'{f}_{arch}' for f in FAMILIES for arch in SIZES])
 def test_every_variant_builds_runs_and_trains(name):
+    """Each architecture at its full width (one block); its short alias is the same model (next test)."""
     torch.manual_seed(0)
     model = _small(name)
     x = torch.randn(2, 3, *model.patch_embed.img_size)
@@ -43,6 +44,14 @@ def test_every_variant_builds_runs_and_trains(name):
     y.sum().backward()
     grads = [p.grad for p in model.blocks[0].mlp.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize('family', FAMILIES)
+def test_each_short_alias_builds_the_same_model_as_its_full_name(family):
+    for arch, spec in SIZES.items():
+        full, alias = (timm.create_model(f'{family}_{n}', device='meta', depth=1) for n in (arch, spec[0]))
+        assert repr(alias) == repr(full), f'{family}_{spec[0]}'
+        assert {k: v.shape for k, v in alias.state_dict().items()} == {k: v.shape for k, v in full.state_dict().items()}
 
 
 @pytest.mark.parametrize('arch', list(SIZES))
