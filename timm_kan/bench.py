@@ -183,6 +183,10 @@ def bench_ffn(
             row.update(_measure_variant(make, x, amp_dtype, warmup, reps, compile_it))
         except torch.OutOfMemoryError:
             row.update(forward_ms=None, fwd_bwd_ms=None, note='out of memory')
+        except Exception as e:  # a variant torch.compile cannot take (a peer's layer) must not stop the bench
+            if not compile_it:
+                raise
+            row.update(forward_ms=None, fwd_bwd_ms=None, note=f'compile failed: {type(e).__name__}')
         x = None
         release_memory(dev)
         rows.append(row)
