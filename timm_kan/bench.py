@@ -11,15 +11,10 @@ covers is checked in a last table. On a CPU it runs too, with small default shap
 nothing about the GPU).
 """
 import argparse
-import contextlib
 import datetime
-import io
 import json
-import os
 import sys
-import warnings
-from functools import partial
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -28,73 +23,11 @@ from .io import processor_name
 from .accounting import saved_bytes_per_row
 from .bench_models import (
     bench_memory, bench_paths, bench_training, check_targets, device_and_dtype, release_memory, time_call)
+from .bench_variants import PublishedChebyshevKAN, ffn_variants, import_ikan
 from .layers import KAN_FAMILIES
 
 __all__ = ['PublishedChebyshevKAN', 'batch_fit', 'bench_ffn', 'bench_memory', 'bench_paths', 'bench_training',
            'check_targets', 'format_report', 'main']
-
-
-class PublishedChebyshevKAN(nn.Module):
-    """Baseline only: the commonly published Chebyshev KAN layer, T_k(t) = cos(k * acos(tanh x)) + einsum.
-
-    Its gradient is NaN once tanh rounds to +-1; timm_kan's layer uses the recurrence instead.
-    """
-
-    def __init__(self, in_features: int, out_features: int, degree: int = 3) -> None:
-        super().__init__()
-        self.coeffs = nn.Parameter(torch.randn(in_features, out_features, degree + 1) / (in_features * (degree + 1)))
-        self.register_buffer('orders', torch.arange(degree + 1, dtype=torch.float32), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = torch.tanh(x).unsqueeze(-1)
-        basis = torch.cos(torch.acos(t) * self.orders)
-        return torch.einsum('...id,iod->...o', basis, self.coeffs)
-
-
-def import_ikan() -> Tuple[Optional[Any], str]:
-    """The peer package ``ikan`` and its version, or None and why not.
-
-    Importing it prints, and its GroupKAN module changes the working directory: both are undone here.
-    """
-    cwd = os.getcwd()
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            import ikan
-    except ImportError:
-        return None, 'not installed'
-    except Exception as e:  # a peer package's import failure must not stop the benchmark
-        return None, f'import failed: {type(e).__name__}: {e}'
-    finally:
-        os.chdir(cwd)
-    return ikan, getattr(ikan, '__version__', 'unknown')
-
-
-def _ffn_variants(dim: int, hidden: int, degree: int, fused_ok: bool) -> Dict[str, Callable[[], nn.Module]]:
-    from timm.layers import Mlp
-
-    variants: Dict[str, Callable[[], nn.Module]] = {
-        'mlp': lambda: Mlp(dim, hidden),
-        'chebyshev published (acos+einsum)': lambda: nn.Sequential(
-            PublishedChebyshevKAN(dim, hidden, degree), nn.LayerNorm(hidden),
-            PublishedChebyshevKAN(hidden, dim, degree)),
-    }
-    for family in KAN_FAMILIES.values():  # each family's block, by its table entry (--degree where it has one)
-        options = {'degree': degree} if 'degree' in family.layer_options else {}
-        for fused in (False, True) if family.has_kernel else (False,):
-            if fused and not fused_ok:
-                continue
-            kernel = {'kan_fused': fused} if family.has_kernel else {}
-            variants[family.bench_variant(fused)] = partial(family.block, dim, hidden, **options, **kernel)
-    ikan, _ = import_ikan()
-    if ikan is not None:
-        # the peer's layers in the same two-layer block (LayerNorm between), with their own defaults
-        variants['ikan chebyshev (peer)'] = lambda: nn.Sequential(
-            ikan.ChebyKANLinear(dim, hidden, degree=degree), nn.LayerNorm(hidden),
-            ikan.ChebyKANLinear(hidden, dim, degree=degree))
-        variants['ikan efficient-KAN (peer)'] = lambda: nn.Sequential(
-            ikan.KANLinear(dim, hidden), nn.LayerNorm(hidden), ikan.KANLinear(hidden, dim))
-    return variants
 
 
 def _gemm_flops(module: nn.Module, x: torch.Tensor) -> int:
@@ -146,6 +79,23 @@ def _measure_variant(make: Callable[[], nn.Module], x: torch.Tensor, amp_dtype: 
     return row
 
 
+def _add_ratios(rows: List[Dict[str, Any]], compiled: bool) -> None:
+    """Each row's ratios to the MLP (compiled rows: to the compiled MLP, the second row) and its GEMM floor."""
+    mlps = {False: rows[0], True: rows[1] if compiled else None}
+    mlp_flops = rows[0].get('gemm_flops')
+
+    def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
+        return a / b if a and b else None
+
+    for r in rows:
+        mlp = mlps[r['variant'].endswith(' compiled')]
+        r['fwd_bwd_vs_mlp'] = ratio(r['fwd_bwd_ms'], mlp['fwd_bwd_ms'])
+        r['forward_vs_mlp'] = ratio(r['forward_ms'], mlp['forward_ms'])
+        r['gemm_floor'] = r.pop('gemm_flops', 0) / mlp_flops if mlp_flops else None
+        r['saved_vs_mlp'] = ratio(r['saved_kib_per_token'], mlp['saved_kib_per_token'])
+        r['memory_vs_mlp'] = ratio(r['peak_extra_mib'], mlp['peak_extra_mib'])
+
+
 def bench_ffn(
         tokens: int, dim: int, hidden: int, degree: int = 3, dtype: str = 'bfloat16', device: Optional[str] = None,
         warmup: int = 3, reps: int = 10, only: Optional[Sequence[str]] = None, compiled: bool = False,
@@ -162,7 +112,7 @@ def bench_ffn(
 
     dev, amp_dtype = device_and_dtype(device, dtype)
     fused_ok = dev.type == 'cuda' and triton_available()
-    variants = _ffn_variants(dim, hidden, degree, fused_ok)
+    variants = ffn_variants(dim, hidden, degree, fused_ok)
     unknown = sorted(set(only or ()) - set(variants))
     if unknown:
         raise ValueError(f'unknown FFN variants {unknown}; available here: {sorted(variants)}')
@@ -193,19 +143,7 @@ def bench_ffn(
         progress_line(f'bench ffn {len(rows)}/{len(runs)} {row["variant"]}: ' + (
             row['note'] if row['note'] else
             f"forward {row['forward_ms']:.3f} ms, forward+backward {row['fwd_bwd_ms']:.3f} ms"), start=started)
-    mlps = {False: rows[0], True: rows[1] if compiled else None}
-    mlp_flops = rows[0].get('gemm_flops')
-
-    def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
-        return a / b if a and b else None
-
-    for r in rows:
-        mlp = mlps[r['variant'].endswith(' compiled')]
-        r['fwd_bwd_vs_mlp'] = ratio(r['fwd_bwd_ms'], mlp['fwd_bwd_ms'])
-        r['forward_vs_mlp'] = ratio(r['forward_ms'], mlp['forward_ms'])
-        r['gemm_floor'] = r.pop('gemm_flops', 0) / mlp_flops if mlp_flops else None
-        r['saved_vs_mlp'] = ratio(r['saved_kib_per_token'], mlp['saved_kib_per_token'])
-        r['memory_vs_mlp'] = ratio(r['peak_extra_mib'], mlp['peak_extra_mib'])
+    _add_ratios(rows, compiled)
     return rows
 
 
@@ -220,7 +158,7 @@ def batch_fit(dtype: str = 'float32', device: Optional[str] = None) -> List[Dict
     dev, amp_dtype = device_and_dtype(device, dtype)
     rows: Dict[str, Dict[str, Any]] = {}
     for size, dim in FIT_WIDTHS.items():
-        variants = _ffn_variants(dim, 4 * dim, 3, fused_ok=False)
+        variants = ffn_variants(dim, 4 * dim, 3, fused_ok=False)
         for name in ['mlp', *(f.bench_variant(False) for f in KAN_FAMILIES.values())]:
             torch.manual_seed(0)
             block = variants[name]().to(dev)
@@ -333,6 +271,21 @@ def _self_check_table(device: Optional[str]) -> str:
                         reason=r.reason) for r in rows]).replace('| max_error |', '| max error |', 1)
 
 
+def _memory_tables(result: Dict[str, Any], args: argparse.Namespace, common: Dict[str, Any], started: float) -> None:
+    """The training memory per model (``--memory-models``; with ``--shape``, by default the ViT and each family at
+    T and S size) and, with ``--shape``, the batch-fit table."""
+    from .io import progress_line
+
+    memory_models = args.memory_models if args.memory_models is not None else [
+        f'{prefix}_{size}_patch16_224' for size in ('tiny', 'small')
+        for prefix in ('vit', *(f.prefix for f in KAN_FAMILIES.values()))] if args.shape else []
+    if memory_models:
+        result['memory'] = bench_memory(memory_models, **common)
+        progress_line(f'bench memory: {len(memory_models)} models', start=started)
+    if args.shape:
+        result['batch_fit'] = batch_fit(args.dtype, args.device)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     import time
 
@@ -381,14 +334,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         progress_line('bench paths: ' + ', '.join(
             f"{r['model']} fused {rate(r['fused_images_per_second'])} / reference "
             f"{rate(r['reference_images_per_second'])}" for r in result['paths']) + ' images/s', start=started)
-    memory_models = args.memory_models if args.memory_models is not None else [
-        f'{prefix}_{size}_patch16_224' for size in ('tiny', 'small')
-        for prefix in ('vit', *(f.prefix for f in KAN_FAMILIES.values()))] if args.shape else []
-    if memory_models:
-        result['memory'] = bench_memory(memory_models, **common)
-        progress_line(f'bench memory: {len(memory_models)} models', start=started)
-    if args.shape:
-        result['batch_fit'] = batch_fit(args.dtype, args.device)
+    _memory_tables(result, args, common, started)
     print(format_report(result))
     if args.json:
         with open(args.json, 'w') as f:

@@ -33,6 +33,7 @@ from ..io import DataError, progress_line, write_atomic
 from ..layers import coefficient_parameters
 from ..models import design_name
 from .config import CompareConfig
+from .peak_memory import PeakMemory
 
 __all__ = ['RunContext', 'suggest_batch_size', 'train_model', 'checkpoint_path', 'NonFiniteLoss']
 
@@ -73,35 +74,6 @@ def suggest_batch_size(step: Callable[[int], None], batch_size: int) -> int:
                 torch.cuda.empty_cache()
             b = decay_batch_step(b, num_intra_steps=1)
     return 0
-
-
-class _PeakMemory:
-    """Peak memory of one model's run: the CUDA allocator's peak, or on CPU the process's peak RSS.
-
-    On CPU the kernel's high-water mark (VmHWM) is reset through ``/proc/self/clear_refs`` before each model:
-    it is the only per-model peak Linux keeps without a sampling thread, and the reset touches nothing but this
-    process's own peak counter. Where the file cannot be written the figure is the process's peak so far.
-    """
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-
-    def reset(self) -> None:
-        if self.device.type == 'cuda':
-            torch.cuda.reset_peak_memory_stats(self.device)
-            return
-        with contextlib.suppress(OSError):
-            Path('/proc/self/clear_refs').write_text('5')
-
-    def peak_mib(self) -> float:
-        if self.device.type == 'cuda':
-            return torch.cuda.max_memory_allocated(self.device) / 2 ** 20
-        with contextlib.suppress(OSError):
-            for line in Path('/proc/self/status').read_text().splitlines():
-                if line.startswith('VmHWM:'):
-                    return int(line.split()[1]) / 1024
-        import resource
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _all_sum(values: List[float], ctx: RunContext) -> List[float]:
@@ -380,7 +352,7 @@ def train_model(name: str, create_kwargs: Dict[str, Any], ctx: RunContext, resum
         _restore(run, path)  # last: the random generators continue from the saved epoch's end
     loss_fn = LabelSmoothingCrossEntropy(ctx.recipe['smoothing']) if ctx.recipe['smoothing'] else nn.CrossEntropyLoss()
     topk = (1, min(5, len(ctx.classes)))
-    memory = _PeakMemory(ctx.device)
+    memory = PeakMemory(ctx.device)
     memory.reset()
     for epoch in range(len(run.history), run.epochs):
         if ctx.distributed and hasattr(train_loader.sampler, 'set_epoch'):
