@@ -114,7 +114,7 @@ def test_mission_table_takes_gpu_ratios_from_a_bench_file(tmp_path):
     assert '| `grkan_vit_*` | group-rational KAN, 8 groups | 1.00x | 1.00x | not measured yet |' in table
 
 
-def test_compiled_rows_follow_each_variant():
+def test_compiled_rows_have_the_compiled_mlp_as_reference():
     from timm_kan.bench import bench_ffn
 
     rows = bench_ffn(32, 8, 16, dtype='float32', device='cpu', warmup=1, reps=1, only=['mlp'], compiled=True)
