@@ -79,7 +79,7 @@ def _measure_variant(make: Callable[[], nn.Module], x: torch.Tensor, amp_dtype: 
     return row
 
 
-def _add_ratios(rows: List[Dict[str, Any]], compiled: bool) -> None:
+def _add_ratios(rows: List[Dict[str, Any]]) -> None:
     """Each row's ratios to the MLP (compiled rows: to the 'mlp compiled' row) and its GEMM floor."""
     mlps = {False: rows[0], True: next((r for r in rows if r['variant'] == 'mlp compiled'), None)}
     mlp_flops = rows[0].get('gemm_flops')
@@ -145,7 +145,7 @@ def bench_ffn(
         progress_line(f'bench ffn {len(rows)}/{len(runs)} {row["variant"]}: ' + (
             row['note'] if row['note'] else
             f"forward {row['forward_ms']:.3f} ms, forward+backward {row['fwd_bwd_ms']:.3f} ms"), start=started)
-    _add_ratios(rows, compiled)
+    _add_ratios(rows)
     return rows
 
 
