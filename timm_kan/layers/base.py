@@ -13,6 +13,7 @@ from torch.utils.flop_counter import register_flop_formula
 from ..kernels import use_fused
 
 __all__ = ['BaseBranch', 'KANLinearBase', 'COEFF_INITS', 'FUSED_HELP', 'HIDDEN_HELP', 'check_positive', 'check_range',
+           'hidden_width',
            'fused_check_case', 'coefficient_parameters', 'BasisLinear', 'capturing', 'exporting',
            'fused_option', 'run_fused']
 
@@ -43,6 +44,15 @@ def check_positive(name: str, value: int) -> None:
     """Raise a ValueError naming the option when an integer option is below 1."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f'{name} must be an integer >= 1, got {value!r}')
+
+
+def hidden_width(in_features: int, hidden_features: Optional[int], kan_hidden: Optional[int]) -> int:
+    """A feed-forward block's hidden width: ``kan_hidden`` (checked) over timm's ``hidden_features``, else the
+    input width."""
+    if kan_hidden is not None:
+        check_positive('kan_hidden', kan_hidden)
+        return kan_hidden
+    return hidden_features or in_features
 
 
 def check_range(name: str, value) -> Tuple[float, float]:

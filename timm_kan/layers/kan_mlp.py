@@ -4,7 +4,7 @@ from typing import Any, Collection, Dict, Optional, Tuple, Type
 import torch
 from torch import nn
 
-from .base import HIDDEN_HELP, check_positive
+from .base import HIDDEN_HELP, hidden_width
 from .families import family_of_type
 
 __all__ = ['KANMlp', 'KAN_BASES', 'check_family_options']
@@ -78,10 +78,7 @@ class KANMlp(nn.Module):
         kan_base = kan_base or family.default_base
         if kan_base not in KAN_BASES:
             raise ValueError(f'kan_base must be one of {KAN_BASES}, got {kan_base!r}')
-        if kan_hidden is not None:
-            check_positive('kan_hidden', kan_hidden)
-            hidden_features = kan_hidden
-        hidden_features = hidden_features or in_features
+        hidden_features = hidden_width(in_features, hidden_features, kan_hidden)
         out_features = out_features or in_features
         self.kan_type = kan_type
         self.kan_base = kan_base

@@ -23,7 +23,7 @@ from typing import Any, Collection, Dict, Optional, Tuple, Type
 import torch
 from torch import nn
 
-from .base import FUSED_HELP, HIDDEN_HELP, check_positive
+from .base import FUSED_HELP, HIDDEN_HELP, check_positive, hidden_width
 from .rational import GroupRational
 
 __all__ = ['GroupPReLU', 'LearnableActMlp', 'CONTROL_ACTS']
@@ -122,10 +122,7 @@ class LearnableActMlp(nn.Module):
     ) -> None:
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        if kan_hidden is not None:
-            check_positive('kan_hidden', kan_hidden)
-            hidden_features = kan_hidden
-        hidden_features = hidden_features or in_features
+        hidden_features = hidden_width(in_features, hidden_features, kan_hidden)
         out_features = out_features or in_features
         if control_act not in CONTROL_ACTS:
             raise ValueError(f'control_act must be one of {CONTROL_ACTS}, got {control_act!r}')

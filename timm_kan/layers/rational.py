@@ -19,7 +19,7 @@ from torch import nn
 
 from ..kernels import register_check_case
 from .base import (
-    FUSED_HELP, HIDDEN_HELP, capturing, check_positive, exporting, fused_check_case, fused_option, run_fused)
+    FUSED_HELP, HIDDEN_HELP, capturing, exporting, fused_check_case, fused_option, hidden_width, run_fused)
 
 __all__ = ['GroupRational', 'GRKANMlp', 'RATIONAL_INITS']
 
@@ -286,10 +286,7 @@ class GRKANMlp(nn.Module):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
         out_features = out_features or in_features
-        if kan_hidden is not None:
-            check_positive('kan_hidden', kan_hidden)
-            hidden_features = kan_hidden
-        hidden_features = hidden_features or in_features
+        hidden_features = hidden_width(in_features, hidden_features, kan_hidden)
         if kan_act_init is None:
             kan_act_init = 'silu' if act_layer in (nn.SiLU,) else 'gelu'
         if kan_act_init not in ('gelu', 'silu'):
