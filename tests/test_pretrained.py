@@ -278,3 +278,14 @@ def test_dinov2_layout_with_layer_scale_and_patch_14_is_reproduced(tmp_path, fam
     with torch.no_grad():
         assert (kan(x) - source(x)).abs().max().item() < 1e-5
     assert torch.equal(kan.blocks[1].ls2.gamma, source.blocks[1].ls2.gamma)
+
+
+@pytest.mark.parametrize('source, target', [('chebykan_vit_t16', 'grkan_vit_t16'), ('grkan_vit_t16', 'kan_vit_t16')])
+def test_another_familys_checkpoint_names_the_tensors_that_do_not_fit(tmp_path, source, target):
+    """A KAN checkpoint of another family fails as a checkpoint error naming its blocks' tensors, whichever block
+    class the file and the model use (not a TypeError about the file's block options)."""
+    path = tmp_path / 'other.safetensors'
+    save_file(timm.create_model(source, num_classes=7, **SMALL).state_dict(), str(path))
+    with pytest.raises(CheckpointError, match=r'other\.safetensors does not fit .*have no place in the model: '
+                                              r'blocks\.0\.mlp\.'):
+        _load(target, path)

@@ -231,7 +231,8 @@ def _file_overlay(kwargs: Dict[str, Any]) -> Optional[str]:
     return (kwargs.get('pretrained_cfg_overlay') or {}).get('file')
 
 
-def _adapter_options(pretrained: bool, kwargs: Dict[str, Any]) -> Tuple[_AdapterOptions, Dict[str, Any]]:
+def _adapter_options(pretrained: bool, kwargs: Dict[str, Any],
+                     family: KANFamily) -> Tuple[_AdapterOptions, Dict[str, Any]]:
     """The load-time options, ``kan_init``'s default chosen from what will be loaded, and the other kwargs.
 
     A rebuild from this package's export (``hf-hub:``/``local-dir:``) or a file that holds KAN layers loads
@@ -255,19 +256,22 @@ def _adapter_options(pretrained: bool, kwargs: Dict[str, Any]) -> Tuple[_Adapter
     if kan_init == 'mlp' and not pretrained:
         raise ValueError("kan_init='mlp' copies a pretrained MLP into the KAN layers; it needs pretrained=True")
     if kan_init is None:
-        structure = _kan_file_structure(rest) if pretrained and not recorded else None
+        structure = _kan_file_structure(rest, family) if pretrained and not recorded else None
         if structure is not None:  # the file loads exactly as it was saved unless the user says otherwise
             rest = dict(structure, **rest)
         kan_init = 'mlp' if pretrained and not (recorded or structure is not None) else 'random'
     return _AdapterOptions(kan_init, freeze, asked.get('pretrained_strict', True), resample), rest
 
 
-def _kan_file_structure(kwargs: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+def _kan_file_structure(kwargs: Dict[str, Any], family: KANFamily) -> Optional[Dict[str, Any]]:
     """None unless the file overlay holds KAN layers; then the block options its keys show (``kan_base``,
-    ``kan_mid_norm``; none for a block without such options)."""
+    ``kan_mid_norm``) that ``family``'s block takes: another family's blocks then fail the load, which names
+    the tensors that have no place in the model."""
     path = _file_overlay(kwargs)
     peek = peek_checkpoint(path) if path else None
-    return peek.structure if peek is not None and peek.layout == 'kan' else None
+    if peek is None or peek.layout != 'kan':
+        return None
+    return {k: v for k, v in peek.structure.items() if k in family.block_options}
 
 
 def _kan_args(family: KANFamily, kan_init: str, kwargs: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
@@ -332,7 +336,7 @@ def _create_kan_vit(variant: str, family: KANFamily, arch: str, pretrained: bool
                     **kwargs) -> KANVisionTransformer:
     """Build a KAN-ViT variant: check the options, resolve the family's, build and load, then freeze."""
     _check_kwargs(variant, family, kwargs)
-    adapter, kwargs = _adapter_options(pretrained, kwargs)
+    adapter, kwargs = _adapter_options(pretrained, kwargs, family)
     kan_args, vit_args = _kan_args(family, adapter.kan_init, kwargs)
     if pretrained:
         vit_args = _with_file_head_classes(vit_args)
