@@ -111,13 +111,14 @@ def _op_args(name: str):
             'silu_linear': (x, w(5), None), 'gelu_linear': (x, w(5), bias)}[name]
 
 
-OPS = ('chebyshev_linear', 'rbf_linear', 'bspline_linear', 'cox_de_boor_linear', 'silu_linear', 'gelu_linear')
+OPS = ('chebyshev_linear', 'rbf_linear', 'bspline_linear', 'cox_de_boor_linear', 'silu_linear', 'gelu_linear',
+       'bspline_linear_keep_basis', 'cox_de_boor_linear_keep_basis')
 
 
 @pytest.mark.parametrize('name', OPS)
 def test_reference_op_passes_opcheck_and_gradcheck(name):
     op = getattr(torch.ops.timm_kan, name).default
-    args = _op_args(name)
+    args = _op_args(name.removesuffix('_keep_basis'))
     torch.library.opcheck(op, args, test_utils=('test_schema', 'test_autograd_registration', 'test_faketensor',
                                                 'test_aot_dispatch_dynamic'))
     tensors = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.requires_grad]
@@ -126,7 +127,8 @@ def test_reference_op_passes_opcheck_and_gradcheck(name):
         full = list(args)
         for i, t in zip(tensors, inputs):
             full[i] = t
-        return op(*full)
+        out = op(*full)
+        return out[0] if name.endswith('_keep_basis') else out  # (the kept basis is what backward reads, no output)
 
     assert torch.autograd.gradcheck(f, [args[i] for i in tensors])
 
@@ -155,3 +157,34 @@ def test_flop_counts_see_the_reference_ops_gemms():
     import timm
     model = timm.create_model('chebykan_vit_t16', img_size=32, patch_size=8, depth=2)
     assert count_flops(model) == 79756416  # as before the ops (the GEMMs of the plain F.linear path)
+
+
+@pytest.mark.parametrize('adapted', [False, True], ids=['uniform', 'adapted'])
+def test_bspline_kan_recompute_false_keeps_the_bases_with_the_same_gradients(adapted):
+    """kan_recompute=False trades memory for time: it keeps the (G + k) x larger bases, and its gradients are the
+    recomputing path's."""
+    torch.manual_seed(0)
+    lean = BSplineKANLinear(DIM, 24, grid_size=4, spline_order=3, fused=False)
+    if adapted:
+        lean.update_grid(torch.randn(64, DIM))  # quantile knots: the Cox-de Boor op
+    keeping = BSplineKANLinear(DIM, 24, grid_size=4, spline_order=3, fused=False, recompute=False)
+    keeping.load_state_dict(lean.state_dict())
+    kept, rebuilt = saved_bytes_per_row(keeping, _tokens, TOKENS), saved_bytes_per_row(lean, _tokens, TOKENS)
+    assert rebuilt == 0 and kept == DIM * (4 + 3) * 4  # the fp32 bases of one token; x is the input, not counted
+    x = (torch.randn(3, 5, DIM) * 1.5).requires_grad_()
+    grads = []
+    for layer in (lean, keeping):
+        y = layer(x)
+        grads.append(torch.autograd.grad(y, [x, *layer.parameters()], torch.ones_like(y)))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_kan_recompute_is_a_bspline_option():
+    import timm
+    model = timm.create_model('kan_vit_t16', img_size=32, patch_size=8, depth=1, kan_recompute=False)
+    assert model.blocks[0].mlp.kan1.recompute is False and model.blocks[0].mlp.kan2.recompute is False
+    with pytest.raises(ValueError, match=r"option 'kan_recompute' belongs to the kan_vit_\* family"):
+        timm.create_model('chebykan_vit_t16', img_size=32, patch_size=8, depth=1, kan_recompute=False)
+    with pytest.raises(ValueError, match=r"recompute must be True or False, got 'no'"):
+        BSplineKANLinear(4, 4, recompute='no')

@@ -67,6 +67,9 @@ def ffn_variants(dim: int, hidden: int, degree: int, fused_ok: bool) -> Dict[str
                 continue
             kernel = {'kan_fused': fused} if family.has_kernel else {}
             variants[family.bench_variant(fused)] = partial(family.block, dim, hidden, **options, **kernel)
+        if 'kan_recompute' in family.layer_options:  # the time/memory trade-off: the reference keeping its bases
+            variants[f'{family.bench_variant(False)}, bases kept'] = partial(
+                family.block, dim, hidden, **options, kan_fused=False, kan_recompute=False)
     ikan, _ = import_ikan()
     if ikan is not None:
         # the peer's layers in the same two-layer block (LayerNorm between), with their own defaults

@@ -96,18 +96,28 @@ class BasisLinear:
     and ``basis_backward(x, grad_basis, *args)`` -> (basis, grad_x), with the gradient flat, (..., a * b).
     ``schema`` declares ``args`` (e.g. ``'int degree'``). The GEMM runs in autocast's dtype where autocast is on, as
     ``F.linear`` would.
+
+    ``keep_basis=True`` also registers ``<name>_keep_basis``, which keeps the basis (in the GEMM's dtype) next to x
+    and so skips its rebuild in backward: time for memory, where the rebuild costs much (B-spline's scatter).
+    ``spec.input_grad(x, grad_basis, *args)`` then gives grad_x alone.
     """
 
-    def __init__(self, name: str, spec: type, schema: str = '') -> None:
+    def __init__(self, name: str, spec: type, schema: str = '', keep_basis: bool = False) -> None:
         self.spec = spec
         args = ', '.join(['Tensor x', 'Tensor weight', 'Tensor? bias'] + ([schema] if schema else []))
-        self.op = torch.library.custom_op(f'timm_kan::{name}', self._forward, mutates_args=(),
-                                          schema=f'({args}) -> Tensor')
-        self.op.register_fake(self._output)
-        self.op.register_autograd(self._backward, setup_context=self._save)
-        register_flop_formula(getattr(torch.ops.timm_kan, name))(self._flops)
+        self.op = self._register(name, self._forward, self._output, f'({args}) -> Tensor')
+        self.keep_op = self._register(f'{name}_keep_basis', self._forward_keeping_basis, self._outputs,
+                                      f'({args}) -> (Tensor, Tensor)') if keep_basis else None
 
-    def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], *args) -> torch.Tensor:
+    def _register(self, name: str, forward: Callable, fake: Callable, schema: str) -> Any:
+        op = torch.library.custom_op(f'timm_kan::{name}', forward, mutates_args=(), schema=schema)
+        op.register_fake(fake)
+        op.register_autograd(self._backward, setup_context=self._save)
+        register_flop_formula(getattr(torch.ops.timm_kan, name))(self._flops)
+        return op
+
+    def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], *args,
+                 recompute: bool = True) -> torch.Tensor:
         device = x.device.type
         autocast = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
         dtype = torch.get_autocast_dtype(device) if autocast else x.dtype
@@ -115,14 +125,27 @@ class BasisLinear:
         bias = None if bias is None else bias.to(dtype)
         if exporting():  # an exported graph holds plain tensor ops, for any runtime (the legacy ONNX exporter too)
             return F.linear(self.spec.basis(x, *args).flatten(-2).to(dtype), weight, bias)
+        if not recompute:  # (only the ops built with keep_basis=True are called so)
+            return self.keep_op(x, weight, bias, *args)[0]
         return self.op(x, weight, bias, *args)
 
     def _forward(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], *args) -> torch.Tensor:
         return F.linear(self.spec.basis(x, *args).flatten(-2).to(weight.dtype), weight, bias)
 
+    def _forward_keeping_basis(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                               *args) -> Tuple[torch.Tensor, torch.Tensor]:
+        basis = self.spec.basis(x, *args).flatten(-2).to(weight.dtype)
+        return F.linear(basis, weight, bias), basis
+
     @staticmethod
     def _output(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], *args) -> torch.Tensor:
         return x.new_empty(x.shape[:-1] + (weight.shape[0],), dtype=weight.dtype)
+
+    @staticmethod
+    def _outputs(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                 *args) -> Tuple[torch.Tensor, torch.Tensor]:
+        return (x.new_empty(x.shape[:-1] + (weight.shape[0],), dtype=weight.dtype),
+                x.new_empty(x.shape[:-1] + (weight.shape[1],), dtype=weight.dtype))
 
     @staticmethod
     def _flops(x_shape: Sequence[int], weight_shape: Sequence[int], *args, **kwargs) -> int:
@@ -130,21 +153,27 @@ class BasisLinear:
         return 2 * math.prod(x_shape[:-1]) * weight_shape[0] * weight_shape[1]
 
     @staticmethod
-    def _save(ctx: Any, inputs: Sequence[Any], output: torch.Tensor) -> None:
+    def _save(ctx: Any, inputs: Sequence[Any], output: Any) -> None:
         x, weight, bias, *args = inputs
         # tensor arguments (B-spline knots) are saved, the others kept as they are
         ctx.arg_is_tensor = [isinstance(a, torch.Tensor) for a in args]
         ctx.plain_args = [None if isinstance(a, torch.Tensor) else a for a in args]
         ctx.has_bias = bias is not None
-        ctx.save_for_backward(x, weight, *[a for a in args if isinstance(a, torch.Tensor)])
+        ctx.keeps_basis = isinstance(output, tuple)  # the _keep_basis op: (y, basis)
+        kept = (output[1],) if ctx.keeps_basis else ()
+        ctx.save_for_backward(x, weight, *kept, *[a for a in args if isinstance(a, torch.Tensor)])
 
-    def _backward(self, ctx: Any, grad: torch.Tensor):
+    def _backward(self, ctx: Any, grad: torch.Tensor, *_):
         x, weight, *saved = ctx.saved_tensors  # (read once: activation checkpointing allows no second unpack)
+        kept = saved.pop(0) if ctx.keeps_basis else None
         tensors = iter(saved)
         args = [next(tensors) if is_tensor else a for is_tensor, a in zip(ctx.arg_is_tensor, ctx.plain_args)]
         rows = grad.reshape(-1, grad.shape[-1])
         grad_basis = (rows @ weight).view(x.shape[:-1] + (-1,))
-        basis, grad_x = self.spec.basis_backward(x, grad_basis, *args)
+        if kept is None:
+            basis, grad_x = self.spec.basis_backward(x, grad_basis, *args)
+        else:
+            basis, grad_x = kept, self.spec.input_grad(x, grad_basis, *args)
         grad_weight = rows.mT @ basis.reshape(rows.shape[0], -1).to(rows.dtype)
         grad_bias = rows.sum(0) if ctx.has_bias else None
         return (grad_x.to(x.dtype), grad_weight, grad_bias) + (None,) * len(args)

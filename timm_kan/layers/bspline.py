@@ -62,19 +62,23 @@ def _cox_de_boor(x: torch.Tensor, grid: torch.Tensor, spline_order: int) -> Tupl
 
 
 def _uniform_local_bases(f: torch.Tensor, order: int) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
-    """The k + 1 non-zero uniform B-spline values b^k_r(f), r = 0..k, and the k values of order k - 1, each
-    a tensor shaped like ``f`` (elementwise work on contiguous tensors; no (..., k + 1) broadcasts)."""
-    level = [torch.ones_like(f)]
-    lower = level
+    """The k + 1 non-zero uniform B-spline values of order k at f, and the k of order k - 1, each scaled by the
+    factorial of its order: k! b^k_r(f), r = 0..k, and (k - 1)! b^{k-1}_r(f). So scaled, the recursion
+    d! b^d_r = (f + d - r) (d-1)! b^{d-1}_{r-1} + (r + 1 - f) (d-1)! b^{d-1}_r has no division, and the callers
+    fold 1/k! (1/(k-1)!) into a multiply they make anyway. Elementwise work on tensors shaped like ``f``."""
+    if order == 0:
+        return [torch.ones_like(f)], []
     g = 1 - f
-    for d in range(1, order + 1):
+    # f + c and g + c = c + 1 - f, c = 0..k-1: each used at several levels, computed once
+    f_plus = [f] + [f + c for c in range(1, order)]
+    g_plus = [g] + [g + c for c in range(1, order)]
+    level, lower = [g, f], [torch.ones_like(f)]
+    for d in range(2, order + 1):
         lower = level
-        # b^d_r = ((f + d - r) b^{d-1}_{r-1} + (r + 1 - f) b^{d-1}_r) / d, with b^{d-1}_{-1} = b^{d-1}_d = 0
-        level = [(g + r) * lower[r] if r == 0 else
-                 (f + (d - r)) * lower[r - 1] if r == d else
-                 (f + (d - r)) * lower[r - 1] + (g + r) * lower[r] for r in range(d + 1)]
-        if d > 1:
-            level = [v.div_(d) for v in level]
+        level = [g * lower[0]]
+        for r in range(1, d):
+            level.append((f_plus[d - r] * lower[r - 1]).addcmul_(g_plus[r], lower[r]))
+        level.append(f * lower[d - 1])
     return level, lower
 
 
@@ -90,12 +94,14 @@ def _knot_positions(x: torch.Tensor, grid: torch.Tensor, order: int) -> Tuple[to
 def _placements(m: torch.Tensor, num_bases: int, order: int) -> List[Tuple[torch.Tensor, torch.Tensor]]:
     """For r = 0..k, where the local value b^k_r sits in the dense basis (index m - k + r, (..., in, 1)) and whether
     it is dropped (past either end of the extended grid); contiguous (..., in) work, no (..., k + 1) broadcasts."""
+    # NaN.long() is INT64_MIN: a NaN input takes interval k (every index valid, so its NaN values are kept and NaN
+    # propagates); an infinite one is clamped to where all k + 1 indices are dropped
+    first = (m - order).nan_to_num_(0.0).clamp_(-order - 1, num_bases)
     places: List[Tuple[torch.Tensor, torch.Tensor]] = []
     for r in range(order + 1):
-        j = m + (r - order)
-        dropped = (j < 0) | (j >= num_bases)  # False for NaN: its NaN values are kept, so NaN propagates
-        # clamp passes NaN through, and NaN.long() is INT64_MIN: map it to a valid index (identity elsewhere)
-        places.append((j.clamp_(0, num_bases - 1).nan_to_num_(0.0).long().unsqueeze(-1), dropped))
+        j = first + r
+        dropped = (j < 0) | (j >= num_bases)
+        places.append((j.clamp_(0, num_bases - 1).long().unsqueeze(-1), dropped))
     return places
 
 
@@ -109,8 +115,9 @@ def _scatter_bases(x: torch.Tensor, values: List[torch.Tensor], places: List[Tup
                    num_bases: int) -> torch.Tensor:
     """The k + 1 local values scattered into a fresh dense (..., in, G + k) basis (the dropped ones zeroed)."""
     bases = x.new_zeros(list(x.shape) + [num_bases])
+    scale = 1 / math.factorial(len(values) - 1)  # the local values are k! times the bases
     for value, (index, dropped) in zip(values, places):
-        bases.scatter_add_(-1, index, value.masked_fill_(dropped, 0.0).unsqueeze(-1))
+        bases.scatter_add_(-1, index, torch.where(dropped, 0.0, value * scale).unsqueeze(-1))
     return bases
 
 
@@ -134,13 +141,27 @@ class _UniformBases:
         m, f, step = _knot_positions(x, grid, order)
         values, lower = _uniform_local_bases(f, order)
         num_bases = grid.shape[1] - order - 1
-        grad = grad.unflatten(-1, (-1, num_bases))
         places = _placements(m, num_bases, order)
-        dx = torch.zeros_like(x)
-        for r, (index, dropped) in enumerate(places):
-            d = (lower[r - 1] if r > 0 else 0) - (lower[r] if r < order else 0)
-            dx.addcmul_(grad.gather(-1, index).squeeze(-1), d.masked_fill_(dropped, 0.0))
-        return _scatter_bases(x, values, places, num_bases), dx.div_(step)
+        return _scatter_bases(x, values, places, num_bases), _local_input_grad(x, grad, lower, places, step)
+
+    @staticmethod
+    def input_grad(x: torch.Tensor, grad: torch.Tensor, grid: torch.Tensor, order: int) -> torch.Tensor:
+        x, grid = _in_compute_dtype(x, grid)
+        m, f, step = _knot_positions(x, grid, order)
+        lower = _uniform_local_bases(f, order - 1)[0]  # the derivative needs only level k - 1
+        return _local_input_grad(x, grad, lower, _placements(m, grid.shape[1] - order - 1, order), step)
+
+
+def _local_input_grad(x: torch.Tensor, grad: torch.Tensor, lower: List[torch.Tensor],
+                      places: List[Tuple[torch.Tensor, torch.Tensor]], step: torch.Tensor) -> torch.Tensor:
+    """grad_x from the flat basis gradient: sum_r grad[m - k + r] (b^{k-1}_{r-1} - b^{k-1}_r) / h."""
+    order = len(places) - 1
+    grad = grad.unflatten(-1, (x.shape[-1], -1))
+    dx = torch.zeros_like(x)
+    for r, (index, dropped) in enumerate(places):
+        d = (lower[r - 1] if r > 0 else 0) - (lower[r] if r < order else 0)
+        dx.addcmul_(grad.gather(-1, index).squeeze(-1), d.masked_fill_(dropped, 0.0))
+    return dx.div_(step * math.factorial(order - 1))  # the local values of order k - 1 are (k - 1)! times theirs
 
 
 class _CoxDeBoorBases:
@@ -162,9 +183,14 @@ class _CoxDeBoorBases:
             lower[..., 1:] * (k / (grid[:, k + 1:] - grid[:, 1:-k]))
         return bases, (grad * d_bases).sum(-1)
 
+    @staticmethod
+    def input_grad(x: torch.Tensor, grad: torch.Tensor, grid: torch.Tensor, order: int) -> torch.Tensor:
+        return _CoxDeBoorBases.basis_backward(x, grad, grid, order)[1]  # (the recursion gives both at once)
 
-_UNIFORM_LINEAR = BasisLinear('bspline_linear', _UniformBases, 'Tensor grid, int order')
-_COX_DE_BOOR_LINEAR = BasisLinear('cox_de_boor_linear', _CoxDeBoorBases, 'Tensor grid, int order')
+
+# keep_basis: the rebuild's scatter is a quarter of the layer's eager time on CPU (kan_recompute=False skips it)
+_UNIFORM_LINEAR = BasisLinear('bspline_linear', _UniformBases, 'Tensor grid, int order', keep_basis=True)
+_COX_DE_BOOR_LINEAR = BasisLinear('cox_de_boor_linear', _CoxDeBoorBases, 'Tensor grid, int order', keep_basis=True)
 
 
 def grid_is_uniform(grid: torch.Tensor) -> bool:
@@ -209,6 +235,8 @@ class BSplineKANLinear(KANLinearBase):
         scale_base: Gain of the base weight's Kaiming initialisation.
         scale_spline: Gain of the spline scaler's Kaiming initialisation.
         fused: Triton kernel (True), PyTorch reference (False) or the kernel for CUDA tensors (None).
+        recompute: The reference rebuilds the bases in backward from x (True: it keeps what a linear layer keeps),
+            or keeps them (False: G + k times x's size, for a faster backward).
     """
 
     def __init__(
@@ -225,12 +253,16 @@ class BSplineKANLinear(KANLinearBase):
             scale_base: float = 1.0,
             scale_spline: float = 1.0,
             fused: Optional[bool] = None,
+            recompute: bool = True,
             device=None,
             dtype=None,
     ) -> None:
         super().__init__(in_features, out_features, base_activation, bias, coeff_init, device, dtype)
         dd = {'device': device, 'dtype': dtype}
         self.fused = fused_option(fused)
+        if not isinstance(recompute, bool):
+            raise ValueError(f'recompute must be True or False, got {recompute!r}')
+        self.recompute = recompute
         check_positive('grid_size', grid_size)
         check_positive('spline_order', spline_order)
         lo, hi = check_range('grid_range', grid_range)
@@ -255,7 +287,9 @@ class BSplineKANLinear(KANLinearBase):
     coefficient_names = ('spline_weight', 'spline_scaler')
     expansion_names = ('spline_weight',)
     argument_help = dict(KANLinearBase.argument_help, grid_size='B-spline grid intervals (>= 1)',
-                         spline_order='spline order (>= 1)', grid_range="the grid's (low, high)", fused=FUSED_HELP)
+                         spline_order='spline order (>= 1)', grid_range="the grid's (low, high)", fused=FUSED_HELP,
+                         recompute='the reference rebuilds the bases in backward (`True`: memory of a linear layer) '
+                                   'or keeps them (`False`: G + k times more, a faster backward)')
     kernel = 'bspline'
 
     def knots(self, i: int) -> torch.Tensor:
@@ -301,7 +335,8 @@ class BSplineKANLinear(KANLinearBase):
         if torch.jit.is_scripting():  # TorchScript cannot call autograd Functions: autograd keeps the bases here
             bases = b_spline_basis(x, self.grid, self.spline_order, uniform)
             return F.linear(bases.flatten(-2).to(x.dtype), weight, self.bias)
-        return (_UNIFORM_LINEAR if uniform else _COX_DE_BOOR_LINEAR)(x, weight, self.bias, self.grid, self.spline_order)
+        op = _UNIFORM_LINEAR if uniform else _COX_DE_BOOR_LINEAR
+        return op(x, weight, self.bias, self.grid, self.spline_order, recompute=self.recompute)
 
     def _grid_is_uniform(self) -> bool:
         """``grid_is_uniform`` of the knots, rechecked in eager only when they change (a state-dict load, a move, an

@@ -169,7 +169,7 @@ def family_of_type(kan_type: str) -> KANFamily:
 for _family in (
         KANFamily('bspline', 'kan_vit', 'B-spline KAN',
                   dict(grid_size='grid_size', spline_order='spline_order', grid_range='grid_range',
-                       kan_coeff_init='coeff_init', kan_fused='fused'),
+                       kan_coeff_init='coeff_init', kan_fused='fused', kan_recompute='recompute'),
                   'B-spline KAN, grid {grid_size}, order {spline_order}', layer=BSplineKANLinear, default_base='silu',
                   bench_name='bspline', saved_target=2.0),
         KANFamily('chebyshev', 'chebykan_vit', 'Chebyshev KAN',
