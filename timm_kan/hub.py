@@ -164,11 +164,11 @@ def _save_weights_and_config(model: nn.Module, out_dir: Path, label_names: Optio
     ``num_classes``, which config.json holds at its top level: transformers' timm wrapper passes it itself and
     refuses a second one; timm reads it from there."""
     from ._version import __version__
+    from .models import architecture_args
     from .models.kan_vit import ADAPTER_KWARGS
 
-    architecture = model.architecture_args() if hasattr(model, 'architecture_args') else None
     save_for_hf(model, out_dir, model_config={'label_names': list(label_names)} if label_names else None,
-                model_args=architecture, safe_serialization=True)
+                model_args=architecture_args(model) or None, safe_serialization=True)
     config_path = out_dir / 'config.json'
     config = json.loads(config_path.read_text())
     config['model_args'] = {k: v for k, v in config.get('model_args', {}).items()
