@@ -131,6 +131,11 @@ def model_card(
         'Image size': 'x'.join(str(s) for s in summary['input_size'][1:]),
         'Classes': model.num_classes,
     }
+    base = getattr(model, 'kanify_args', {}).get('base')
+    if base:  # a kanified timm model (``chebykan``, base=...): what it was made from
+        details.update({'Model Type': 'Image classification / feature backbone (timm model with KAN feed-forward '
+                                      'blocks)', 'Base model': base,
+                        'Base weights': model.pretrained_cfg.get('base_weights', 'unknown')})
     if dataset:
         details['Dataset'] = dataset
     if recipe:
@@ -147,10 +152,11 @@ def model_card(
         'For deployment: `timm-kan export hf-hub:' + repo_id + ' --format onnx --out model.onnx` (or `--format pt2`) '
         'writes the model and checks it against PyTorch.\n'
     )
+    made = f'{base} (timm) with every MLP' if base else f'A Vision Transformer ({arch}) made with timm_kan: each ViT ' \
+        "block's MLP is"
     return {
-        'description': f'A Vision Transformer ({arch}) made with timm_kan: each ViT block\'s MLP is replaced by '
-                       f'a {details["KAN type"]} feed-forward block. Loading needs `import timm_kan` before '
-                       '`timm.create_model`.',
+        'description': f'{made} replaced by a {details["KAN type"]} feed-forward block. Loading needs `import '
+                       'timm_kan` before `timm.create_model`.',
         'details': details,
         'usage': usage,
         'tags': ['image-classification', 'timm', 'timm_kan', 'kan'],

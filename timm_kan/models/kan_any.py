@@ -61,7 +61,7 @@ def _split(variant: str, family: KANFamily, kwargs: Dict[str, Any]) -> Tuple[Dic
 def _base_weights(pretrained: bool, cfg: Dict[str, Any]) -> str:
     if not pretrained:
         return 'none (random init)'
-    return str(cfg.get('hf_hub_id') or cfg.get('file') or cfg.get('url') or cfg.get('architecture'))
+    return str(cfg.get('file') or cfg.get('hf_hub_id') or cfg.get('url') or cfg.get('architecture'))  # timm's order
 
 
 def _create_any(family: KANFamily, pretrained: bool = False, base: Optional[str] = None,

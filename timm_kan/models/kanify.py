@@ -228,7 +228,7 @@ def convert(model: nn.Module, family: KANFamily, kan_init: str, unsupported: str
     """``kanify``; without ``load`` the KAN blocks stay fresh and nothing counts as loaded (a base built without
     weights, or one that a saved KAN model is loaded into next)."""
     cfg = dict(getattr(model, 'pretrained_cfg', None) or {})
-    name = cfg.get('architecture') or type(model).__name__
+    name = cfg.get('base_architecture') or cfg.get('architecture') or type(model).__name__
     _check_input(model, name, kan_init, unsupported)
     names, refused, kan_args = _resolve(model, name, family, kan_init, unsupported, options)
     for module, why in refused.items():
