@@ -17,8 +17,9 @@ from timm.models.mlp_mixer import MlpMixer
 from torch import nn
 
 from timm_kan import KAN_FAMILIES, count_parameters, kanify, model_summary
+from timm_kan.accounting import hidden_widths
 from timm_kan.hub import export_for_hub
-from timm_kan.models import ChannelsFirst, ffn_modules, kan_checkpoint_filter_fn  # noqa: F401 (public names)
+from timm_kan.models import ChannelsFirst, ffn_modules
 from timm_kan.models._pretrained import kan_ffn_prefixes
 
 # name -> (timm model name or a class, its small-size arguments, image size); names are what the registry rebuilds
@@ -208,3 +209,33 @@ def test_bad_input_is_one_line_each():
     kanify(model, 'chebyshev')
     _one_line_error(lambda: kanify(model, 'rbf'), r'kanify: swin_tiny_patch4_window7_224 already has 2 KAN '
                                                   r'feed-forward blocks \(layers.0.blocks.0.mlp.')
+
+
+def test_explain_prune_predict_and_compare_accept_kanified_models(tmp_path):
+    from PIL import Image
+
+    from timm_kan.comparison.run import kwargs_per_model
+    from timm_kan.explain.prune import prune
+    from timm_kan.explain.records import record_blocks
+    from timm_kan.predict import load_for_inference, predict_images
+
+    name, kwargs, _ = SWIN
+    model = timm.create_model('chebykan', base=name, num_classes=3, kan_mid_norm=False, **kwargs).eval()
+    x = _images('swin', 4)
+    records = record_blocks(model, x)
+    assert [r.layers[0].name for r in records] == ['layers.0.blocks.0.mlp.kan1', 'layers.1.blocks.0.mlp.kan1']
+    assert hidden_widths(model) == [64, 128] and records[1].layers[1].importance.shape == (32, 128)
+    same = prune(model, keep=1.0, records=records).eval()
+    half = prune(model, keep=0.5, records=records).eval()
+    with torch.no_grad():
+        assert torch.equal(same(x), model(x))
+    assert half.kan_args['kan_hidden'] == [32, 64]
+    assert count_parameters(half)['total'] < count_parameters(model)['total']
+    out = export_for_hub(half, tmp_path / 'pruned', label_names=['a', 'b', 'c'])
+    net, labels = load_for_inference(f'local-dir:{out}')
+    with torch.no_grad():
+        assert torch.equal(net(x), half(x)) and labels == ['a', 'b', 'c']
+    Image.new('RGB', (40, 40), (200, 30, 30)).save(tmp_path / 'red.png')
+    assert predict_images(net, labels, [tmp_path / 'red.png'], top_k=2)[0][0][0] in labels
+    per_model = kwargs_per_model([name, 'chebykan'], dict(base=name, degree=2, img_size=32))
+    assert per_model == {name: dict(img_size=32), 'chebykan': dict(base=name, degree=2, img_size=32)}

@@ -26,9 +26,11 @@ from .kan_vit import check_family_kwarg
 from .kanify import UNSUPPORTED, convert
 from .names import close_matches, family_of_model
 
-__all__ = ['register_any_model']
+__all__ = ['ANY_MODEL_KWARGS', 'register_any_model']
 
-# the create_model options of the entry itself; every other one goes to the base model
+# the create_model options of the entries beyond the families' (and the model to convert)
+ANY_MODEL_KWARGS = ('base', 'unsupported')
+# the options the entry takes itself; every other one goes to the base model
 _OWN = ('kan_init', 'freeze', 'pretrained_strict', 'unsupported')
 
 

@@ -119,8 +119,8 @@ class KANVisionTransformer(VisionTransformer):
 
     def architecture_args(self) -> Dict[str, Any]:
         """The resolved KAN options as JSON-ready ``model_args`` (exports rebuild the same layers from them)."""
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.kan_args.items()
-                if k != 'kan_type' and v is not None}
+        from .kanify import architecture_args  # (kanify builds on this module)
+        return architecture_args(self)
 
     def hidden_widths(self) -> List[int]:
         """The width between the two KAN layers of each block."""
