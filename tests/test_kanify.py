@@ -239,3 +239,16 @@ def test_explain_prune_predict_and_compare_accept_kanified_models(tmp_path):
     assert predict_images(net, labels, [tmp_path / 'red.png'], top_k=2)[0][0][0] in labels
     per_model = kwargs_per_model([name, 'chebykan'], dict(base=name, degree=2, img_size=32))
     assert per_model == {name: dict(img_size=32), 'chebykan': dict(base=name, degree=2, img_size=32)}
+
+
+def test_readme_kanify_table_is_the_generated_one():
+    import re
+    from pathlib import Path
+
+    from timm_kan.tables import kanify_table
+
+    readme = (Path(__file__).resolve().parents[1] / 'README.md').read_text(encoding='utf-8')
+    block = re.search(r'<!-- kanify-table:start -->\n(.*?)<!-- kanify-table:end -->', readme, re.S).group(1)
+    table = kanify_table()
+    assert block == table.rstrip('\n') + '\n'
+    assert '| `swin_tiny_patch4_window7_224` | 12 | 28.3 | 6.49x, exact | 3.44x, exact |' in table

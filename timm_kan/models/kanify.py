@@ -97,13 +97,28 @@ def _why_not(mlp: nn.Module, family: KANFamily, kan_init: str) -> Optional[str]:
     return None
 
 
-def _candidates(model: nn.Module, family: KANFamily, kan_init: str) -> Tuple[List[str], Dict[str, str]]:
+def _block_error(mlp: Mlp, family: KANFamily, options: Dict[str, Any]) -> Optional[str]:
+    """What the family's block says of ``mlp``'s widths under ``options`` (groups must divide them, say), built on the
+    meta device; None when it builds."""
+    if family.width_multiple_of is None:  # only a family with a width rule refuses a width
+        return None
+    hidden = options.get('kan_hidden')
+    try:
+        _family_block(mlp, family, {k: v for k, v in options.items() if k not in ('kan_type', 'kan_hidden')},
+                      hidden if isinstance(hidden, int) else None, device='meta')
+    except ValueError as e:
+        return f'{type(mlp).__name__} {tuple(mlp.fc1.weight.shape[:2])}: {e}'
+    return None
+
+
+def _candidates(model: nn.Module, family: KANFamily, kan_init: str,
+                options: Dict[str, Any]) -> Tuple[List[str], Dict[str, str]]:
     """(names of the Mlp modules to convert, {name: why not} of the MLP modules that cannot be)."""
     convert, refused = [], {}
     for name, m in model.named_modules():
         if type(m) is not Mlp and type(m) not in _REFUSED:
             continue
-        why = _why_not(m, family, kan_init)
+        why = _why_not(m, family, kan_init) or _block_error(m, family, options)
         if why is None:
             convert.append(name)
         else:
@@ -121,8 +136,10 @@ def _act_layer(act: nn.Module) -> Callable[[], nn.Module]:
     return type(act) if same else partial(copy.deepcopy, act)
 
 
-def _family_block(mlp: Mlp, family: KANFamily, options: Dict[str, Any], hidden: Optional[int]) -> nn.Module:
-    """``family``'s block with ``mlp``'s widths, activation, norm, bias and dropout, where ``mlp`` is."""
+def _family_block(mlp: Mlp, family: KANFamily, options: Dict[str, Any], hidden: Optional[int],
+                  device: Any = None) -> nn.Module:
+    """``family``'s block with ``mlp``'s widths, activation, norm, bias and dropout, on ``mlp``'s device (or
+    ``device``)."""
     weight = mlp.fc1.weight
     norm = mlp.norm
 
@@ -132,7 +149,7 @@ def _family_block(mlp: Mlp, family: KANFamily, options: Dict[str, Any], hidden: 
     block = family.block(
         weight.shape[1], weight.shape[0], mlp.fc2.weight.shape[0], act_layer=_act_layer(mlp.act),
         norm_layer=None if isinstance(norm, nn.Identity) else norm_layer, bias=mlp.fc1.bias is not None,
-        drop=mlp.drop1.p, device=weight.device, dtype=weight.dtype, **dict(options, kan_hidden=hidden))
+        drop=mlp.drop1.p, device=device or weight.device, dtype=weight.dtype, **dict(options, kan_hidden=hidden))
     return ChannelsFirst(block) if isinstance(mlp.fc1, nn.Conv2d) else block
 
 
@@ -177,7 +194,7 @@ def _resolve(model: nn.Module, name: str, family: KANFamily, kan_init: str, unsu
     if rest:
         raise ValueError(f'kanify: unknown option(s) {", ".join(sorted(rest))}; {family.display} takes '
                          f'{", ".join(family.options)}')
-    convert, refused = _candidates(model, family, kan_init)
+    convert, refused = _candidates(model, family, kan_init, kan_args)
     if not convert:
         raise ValueError(f'kanify: {name} has no timm Mlp feed-forward module {family.display} can replace (MLP-like '
                          f'modules seen: {", ".join(_mlp_like(model)) or "none"})' + (
