@@ -210,12 +210,11 @@ def _with_mlp_init_options(family: KANFamily, options: Dict[str, Any]) -> Dict[s
 
 def check_family_kwarg(variant: str, family: KANFamily, key: str) -> None:
     """An option of other KAN families given to ``family``'s model is an error naming the families that take it."""
-    if key in family.options or not any(key in f.options for f in KAN_FAMILIES.values()):
-        return
-    others = [f'{f.prefix}_*' for f in KAN_FAMILIES.values() if key in f.options]
-    raise ValueError(
-        f'{variant}: option {key!r} belongs to the {" / ".join(others)} famil'
-        f'{"ies" if len(others) > 1 else "y"}; {family.prefix}_* takes {", ".join(family.options)}')
+    others = [f'{f.prefix}_*' for f in KAN_FAMILIES.values() if key in f.options and key not in family.options]
+    if others:
+        raise ValueError(
+            f'{variant}: option {key!r} belongs to the {" / ".join(others)} famil'
+            f'{"ies" if len(others) > 1 else "y"}; {family.prefix}_* takes {", ".join(family.options)}')
 
 
 def _check_kwargs(variant: str, family: KANFamily, kwargs: Dict[str, Any]) -> None:
@@ -391,7 +390,6 @@ def register_family(family: KANFamily) -> KANFamily:
     timm. Everything else (create_model options, compare, bench, explain, pruning, the Hub, the README tables)
     reads the table."""
     from .kan_any import register_any_model  # (kan_any builds on this module)
-
     add_family(family)
     _register_models(family)
     register_any_model(family)
