@@ -6,7 +6,7 @@ on a real forward pass, counting a multiply-add as 2 FLOPs (matrix products, con
 elementwise basis evaluation is not counted by it. Activation memory: the bytes autograd keeps for backward, per
 token or image (``saved_bytes_per_row``).
 """
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -16,22 +16,26 @@ __all__ = ['count_parameters', 'count_flops', 'model_summary', 'model_data_confi
            'eval_data_config', 'saved_bytes', 'saved_bytes_per_row']
 
 
-def _part(name: str) -> str:
+def _part(name: str, ffn_prefixes: Tuple[str, ...]) -> str:
+    if name.startswith(ffn_prefixes) or '.mlp.' in name:
+        return 'ffn'
     if '.attn.' in name:
         return 'attention'
-    if '.mlp.' in name:
-        return 'ffn'
     return 'other'
 
 
 def count_parameters(model: nn.Module) -> Dict[str, int]:
-    """Total and trainable parameters, and the total per part: attention, ffn (MLP or KAN FFN), other."""
+    """Total and trainable parameters, and the total per part: attention, ffn (every MLP or KAN FFN, wherever the
+    model keeps it: ``mlp_tokens`` of MLP-Mixer too), other."""
+    from .models import ffn_modules
+
+    ffn_prefixes = tuple(f'{n}.' for n, _ in ffn_modules(model))
     counts = {'total': 0, 'trainable': 0, 'attention': 0, 'ffn': 0, 'other': 0}
     for name, p in model.named_parameters():
         n = p.numel()
         counts['total'] += n
         counts['trainable'] += n if p.requires_grad else 0
-        counts[_part(name)] += n
+        counts[_part(name, ffn_prefixes)] += n
     return counts
 
 
@@ -90,13 +94,14 @@ def model_summary(model: nn.Module, input_size: Optional[Sequence[int]] = None) 
 
 
 def hidden_widths(model: nn.Module) -> List[int]:
-    """Each block's feed-forward width: the outputs of its first map (a KAN family's block names its maps in
-    ``explain_parts``; timm's MLP has fc1); empty if not a ViT."""
+    """Each feed-forward block's width, in module order: the outputs of its first map (a KAN family's block names
+    its maps in ``explain_parts``; timm's MLP has fc1); empty for a model without one."""
+    from .models import ffn_modules
+
     widths = []
-    for block in getattr(model, 'blocks', None) or ():
-        mlp = block.mlp
+    for _, mlp in ffn_modules(model):
         first = mlp.explain_parts()[1][0] if hasattr(mlp, 'explain_parts') else mlp.fc1
-        widths.append(first.out_features)
+        widths.append(first.weight.shape[0] if isinstance(first, nn.Conv2d) else first.out_features)
     return widths
 
 

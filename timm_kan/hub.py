@@ -131,6 +131,10 @@ def model_card(
         'Image size': 'x'.join(str(s) for s in summary['input_size'][1:]),
         'Classes': model.num_classes,
     }
+    base = getattr(model, 'kanify_args', {}).get('base')
+    if base:  # a kanified timm model (``chebykan``, base=...)
+        details.update({'Model Type': 'Image classification / feature backbone (KAN feed-forward blocks)',
+                        'Base model': base, 'Base weights': model.pretrained_cfg.get('base_weights', 'unknown')})
     if dataset:
         details['Dataset'] = dataset
     if recipe:
@@ -147,10 +151,10 @@ def model_card(
         'For deployment: `timm-kan export hf-hub:' + repo_id + ' --format onnx --out model.onnx` (or `--format pt2`) '
         'writes the model and checks it against PyTorch.\n'
     )
+    made = f'{base} (timm) with every MLP' if base else f"A Vision Transformer ({arch}) with each block's MLP"
     return {
-        'description': f'A Vision Transformer ({arch}) made with timm_kan: each ViT block\'s MLP is replaced by '
-                       f'a {details["KAN type"]} feed-forward block. Loading needs `import timm_kan` before '
-                       '`timm.create_model`.',
+        'description': f'{made} replaced by a {details["KAN type"]} feed-forward block (made with timm_kan). '
+                       'Loading needs `import timm_kan` before `timm.create_model`.',
         'details': details,
         'usage': usage,
         'tags': ['image-classification', 'timm', 'timm_kan', 'kan'],
@@ -164,11 +168,10 @@ def _save_weights_and_config(model: nn.Module, out_dir: Path, label_names: Optio
     ``num_classes``, which config.json holds at its top level: transformers' timm wrapper passes it itself and
     refuses a second one; timm reads it from there."""
     from ._version import __version__
-    from .models.kan_vit import ADAPTER_KWARGS
+    from .models import ADAPTER_KWARGS, architecture_args
 
-    architecture = model.architecture_args() if hasattr(model, 'architecture_args') else None
     save_for_hf(model, out_dir, model_config={'label_names': list(label_names)} if label_names else None,
-                model_args=architecture, safe_serialization=True)
+                model_args=architecture_args(model) or None, safe_serialization=True)
     config_path = out_dir / 'config.json'
     config = json.loads(config_path.read_text())
     config['model_args'] = {k: v for k, v in config.get('model_args', {}).items()

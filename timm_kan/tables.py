@@ -14,8 +14,8 @@ from .layers import KAN_FAMILIES
 from .models import ARCHS
 from .models.kan_vit import ADAPTER_KWARGS
 
-__all__ = ['block_files', 'mission_table', 'options_table', 'performance_section', 'cpu_performance_section',
-           'registry_table', 'replace_block', 'results_section', 'update_readme']
+__all__ = ['block_files', 'kanify_table', 'mission_table', 'options_table', 'performance_section',
+           'cpu_performance_section', 'registry_table', 'replace_block', 'results_section', 'update_readme']
 
 _MLP_DESIGN = 'MLP (timm ViT)'
 
@@ -68,6 +68,38 @@ def _registry_table(families: Tuple[str, ...], archs: Tuple[str, ...]) -> str:
                 f'`.{hub_id.split(".", 1)[1]}`' if family else ''])
     return markdown_table(
         ('model', 'alias', 'FFN', 'params (M)', 'FFN params (M)', 'GFLOPs', 'pretrained tag'), rows)
+
+
+# the bases of the kanify table: one per architecture the tests convert (the ViTs of DeiT and CLIP take the same path
+# as DeiT III and DINOv2; vit_small_patch16_rope_224 is timm's EVA class)
+KANIFY_BASES = ('swin_tiny_patch4_window7_224', 'convnext_tiny', 'deit3_small_patch16_224', 'beit_base_patch16_224',
+                'cait_xxs24_224', 'mixer_s16_224', 'poolformer_s12', 'maxvit_tiny_tf_224', 'vit_small_patch16_rope_224',
+                'vit_small_patch14_dinov2')
+
+
+@functools.lru_cache(maxsize=1)
+def kanify_table() -> str:
+    """Markdown table of ``kanify`` with ``kan_init='mlp'`` on timm models (the KAN-layer families and the
+    group-rational one): per family the parameters against the base and whether the outputs are the base's
+    (``exact``, or ``fit``: within the rational GELU fit), and the MLPs it cannot convert. Built on the meta
+    device."""
+    import copy
+
+    from .models.kanify import convert
+
+    families = [f for f in KAN_FAMILIES.values() if not f.control]
+    rows = []
+    for name in KANIFY_BASES:
+        base = timm.create_model(name, device='meta')
+        params = count_parameters(base)['total']
+        cells = []
+        for family in families:
+            report = convert(copy.deepcopy(base), family, 'mlp', 'warn', {}, load=False)
+            left = f' ({len(report.skipped)} left)' if report.skipped else ''
+            cells.append(f'{report.params_after / params:.2f}x, {report.preserved}{left}')
+        rows.append([f'`{name}`', f'{sum(type(m).__name__ == "Mlp" for m in base.modules())}', f'{params / 1e6:.1f}',
+                     *cells])
+    return markdown_table(('base', 'MLPs', 'params (M)', *(f'`{f.any_model}`' for f in families)), rows)
 
 
 @functools.lru_cache(maxsize=4)
@@ -198,7 +230,7 @@ def update_readme(
     """
     from .comparison.results import format_table
 
-    blocks = [('models-table', registry_table()), ('options-table', options_table()),
+    blocks = [('models-table', registry_table()), ('options-table', options_table()), ('kanify-table', kanify_table()),
               ('mission-table', mission_table(bench_results=bench_results)),
               ('performance', performance_section(bench_results))]
     if cpu_bench_results:

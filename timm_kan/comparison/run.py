@@ -29,6 +29,7 @@ from ..data.split import manifest_changes, split_listing
 from ..io import check_output_dir, mark_output_dir, output_lock, processor_name
 from ..layers import KAN_FAMILIES
 from ..models import family_of_model, resolve_model_name
+from ..models.kan_any import ANY_MODEL_KWARGS
 from ..models.kan_vit import ADAPTER_KWARGS
 from .config import CompareConfig
 from .param_match import count_params, match_hidden
@@ -44,9 +45,9 @@ _OUTPUT_FILES = ('results.json', 'results.csv', 'loss.png', 'accuracy.png', 'acc
 
 
 def _kan_options() -> Set[str]:
-    """Options a KAN-ViT takes and a plain ViT does not: given only to the models whose family takes them (read
-    when needed: a family may be registered after import)."""
-    return {o for f in KAN_FAMILIES.values() for o in f.options} | set(ADAPTER_KWARGS)
+    """Options a KAN model takes and a plain one does not (``base=`` of a family's ``any_model`` entry too): given
+    only to the models whose family takes them (read when needed: a family may be registered after import)."""
+    return {o for f in KAN_FAMILIES.values() for o in f.options} | set(ADAPTER_KWARGS) | set(ANY_MODEL_KWARGS)
 
 
 def kwargs_per_model(models: Sequence[str], model_kwargs: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
@@ -59,7 +60,7 @@ def kwargs_per_model(models: Sequence[str], model_kwargs: Dict[str, Any]) -> Dic
             # timm's ViT would build a learned embedding for any other value without a word
             raise ValueError(f'--model-kwargs pos_embed={model_kwargs["pos_embed"]}: {name} is not a KAN-ViT and '
                              "takes only pos_embed='learn' or 'none'")
-        takes = set(family.options) | set(ADAPTER_KWARGS) if family else set()
+        takes = set(family.options) | set(ADAPTER_KWARGS) | set(ANY_MODEL_KWARGS) if family else set()
         per_model[name] = {k: v for k, v in model_kwargs.items() if k not in kan_options or k in takes}
     for key in sorted(set(model_kwargs) & kan_options):
         users = [m for m in models if key in per_model[m]]

@@ -91,12 +91,11 @@ def checkpoint_path(out_dir: Path, name: str, run_tag: str = '') -> Path:
 
 def _model_args(name: str, create_kwargs: Dict[str, Any], model: nn.Module) -> Dict[str, Any]:
     """Arguments that rebuild the trained architecture (no pretrained load): ``predict`` and ``push`` use them."""
-    from ..models import architecture_kwargs
+    from ..models import architecture_args, architecture_kwargs
 
     kwargs = {k: v for k, v in create_kwargs.items() if k not in ('pretrained', 'pretrained_cfg_overlay')}
     args = architecture_kwargs(name, kwargs)
-    if hasattr(model, 'architecture_args'):
-        args.update(model.architecture_args())
+    args.update(architecture_args(model))
     return args
 
 

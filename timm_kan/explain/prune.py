@@ -18,7 +18,7 @@ import timm
 from timm.models import get_model_args
 
 from ..layers import KAN_FAMILIES, family_of_type
-from ..models import KANVisionTransformer
+from ..models import KANVisionTransformer, architecture_args, ffn_modules
 from ..models.kan_vit import ADAPTER_KWARGS
 from .records import BlockRecord, record_blocks
 
@@ -51,9 +51,9 @@ def _slice_like(old: torch.Tensor, new_shape: Sequence[int], index: torch.Tensor
 
 
 def _check(model: nn.Module, keep: Optional[float], threshold: Optional[float]) -> None:
-    if not isinstance(model, KANVisionTransformer):
+    if not isinstance(model, KANVisionTransformer) and not hasattr(model, 'kanify_report'):
         families = ', '.join(f'{f.prefix}_*' for f in KAN_FAMILIES.values())
-        raise ValueError(f'prune works on KAN-ViTs ({families}), not on {type(model).__name__}')
+        raise ValueError(f'prune works on KAN-ViTs ({families}) and kanified models, not on {type(model).__name__}')
     if (keep is None) == (threshold is None):
         raise ValueError('prune needs exactly one of keep (a share of units) and threshold (a unit score)')
     if keep is not None and not 0 < keep <= 1:
@@ -63,10 +63,10 @@ def _check(model: nn.Module, keep: Optional[float], threshold: Optional[float]) 
 @torch.no_grad()
 def prune(model: nn.Module, images: Optional[torch.Tensor] = None, keep: Optional[float] = None,
           threshold: Optional[float] = None, records: Optional[List[BlockRecord]] = None) -> KANVisionTransformer:
-    """A new KAN-ViT keeping, in every block, the most important hidden units of ``model``.
+    """A new KAN-ViT (or kanified model) keeping, in every block, the most important hidden units of ``model``.
 
     Args:
-        model: A KAN-ViT.
+        model: A KAN-ViT, or a model of a family's ``any_model`` entry (``chebykan``, base=...).
         images: Real images (N, 3, H, W) the importance is measured on (or pass ``records``).
         keep: Share of each block's units to keep, in (0, 1]; 1.0 gives the same outputs bit for bit.
         threshold: Or keep the units whose score (min of largest incoming and outgoing edge score) reaches it.
@@ -80,13 +80,14 @@ def prune(model: nn.Module, images: Optional[torch.Tensor] = None, keep: Optiona
     groups = family_of_type(model.kan_args['kan_type']).width_multiple(model.kan_args)
     kept = [units_to_keep(r, keep, threshold, groups) for r in records]
     args = {k: v for k, v in get_model_args(model).items() if k not in ADAPTER_KWARGS}
-    args.update(model.architecture_args(), kan_hidden=[len(k) for k in kept])
+    args.update(architecture_args(model), kan_hidden=[len(k) for k in kept])
     pruned = timm.create_model(model.pretrained_cfg['architecture'], **args)
     pruned.to(next(model.parameters()).device)
     new_state = pruned.state_dict()
+    blocks = tuple(f'{name}.' for name, _ in ffn_modules(model))  # in the records' order
     state = {}
     for key, value in model.state_dict().items():
-        block = int(key.split('.')[1]) if key.startswith('blocks.') and '.mlp.' in key else None
+        block = next((b for b, prefix in enumerate(blocks) if key.startswith(prefix)), None)
         state[key] = value if block is None else _slice_like(value, new_state[key].shape, kept[block])
     pruned.load_state_dict(state)
     pruned.pretrained_cfg = dict(model.pretrained_cfg)

@@ -118,12 +118,14 @@ def _outside(layer: nn.Module, inputs: torch.Tensor) -> Optional[torch.Tensor]:
 def record_blocks(model: nn.Module, images: torch.Tensor, max_rows: int = 1024, seed: int = 0,
                   batch_size: int = 64) -> List[BlockRecord]:
     """Run ``images`` through ``model`` (eval mode) and return every block's ``BlockRecord``."""
-    blocks = getattr(model, 'blocks', None)
-    if blocks is None:
-        raise ValueError(f'{type(model).__name__} has no ViT blocks to explain')
+    from ..models import ffn_modules
+
+    blocks = ffn_modules(model)  # a ViT's blocks.N.mlp; any kanified model's feed-forward blocks, in module order
+    if not blocks:
+        raise ValueError(f'{type(model).__name__} has no feed-forward blocks to explain')
     samplers, hooks = {}, []
-    for b, block in enumerate(blocks):
-        _, maps, acts = _maps(block.mlp)
+    for b, (_, mlp) in enumerate(blocks):
+        _, maps, acts = _maps(mlp)
         for n, (key, module) in enumerate(list(enumerate(maps)) + list(acts.items())):
             samplers[(b, key)] = _InputSampler(max_rows, seed + 4 * b + n)
             hooks.append(module.register_forward_pre_hook(samplers[(b, key)]))
@@ -138,9 +140,9 @@ def record_blocks(model: nn.Module, images: torch.Tensor, max_rows: int = 1024, 
         for h in hooks:
             h.remove()
     records = []
-    for b, block in enumerate(blocks):
-        kind, maps, acts = _maps(block.mlp)
-        names = {id(m): n for n, m in block.mlp.named_modules()}
+    for b, (prefix, mlp) in enumerate(blocks):
+        kind, maps, acts = _maps(mlp)
+        names = {id(m): n for n, m in mlp.named_modules()}
         layers = []
         for j, layer in enumerate(maps):
             raw_inputs = samplers[(b, j)].sample()
@@ -148,7 +150,7 @@ def record_blocks(model: nn.Module, images: torch.Tensor, max_rows: int = 1024, 
             # rows give them exactly
             inputs = layer.edge_inputs(raw_inputs.to(device)).cpu() if isinstance(layer, KANLinearBase) \
                 else raw_inputs
-            layers.append(LayerRecord(f'blocks.{b}.mlp.{names[id(layer)]}', layer, inputs,
+            layers.append(LayerRecord(f'{prefix}.{names[id(layer)]}', layer, inputs,
                                       edge_importance(layer, inputs, raw_inputs), _outside(layer, inputs)))
         records.append(BlockRecord(b, kind, layers, acts, {k: samplers[(b, k)].sample() for k in acts}))
     return records

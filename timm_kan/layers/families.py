@@ -68,6 +68,12 @@ class KANFamily:
                              'base branch)')
 
     @property
+    def any_model(self) -> str:
+        """The registered name that gives any timm model (``base=``) this family's feed-forward blocks: the prefix
+        without its ``_vit`` (``chebykan``)."""
+        return self.prefix.removesuffix('_vit')
+
+    @property
     def configured(self) -> Type[nn.Module]:
         """The module the family's ``layer_options`` configure: its layer, or its own block."""
         return self.layer or self.own_block

@@ -30,13 +30,15 @@ from ..layers import KAN_FAMILIES
 __all__ = [
     'CheckpointError', 'KAN_INITS', 'LoadReport',
     'kan_checkpoint_filter_fn', 'load_npz_into_kan_vit', 'kan_ffn_prefixes', 'peek_checkpoint', 'CheckpointPeek',
+    'adapt_mlp_state',
 ]
 
 _logger = logging.getLogger(__name__)
 
 KAN_INITS = ('mlp', 'random')
 HEAD_PREFIXES = ('head.', 'pre_logits.')
-_MLP_KEY = re.compile(r'^(blocks\.\d+\.mlp)\.fc([12])\.(weight|bias)$')
+# an MLP's fc1/fc2 under any module path; mapped only where that path is a KAN block of the model
+_MLP_KEY = re.compile(r'^(.+)\.fc([12])\.(weight|bias)$')
 _FIRST_BLOCK = 'blocks.0.mlp.'
 
 
@@ -179,15 +181,26 @@ def kan_checkpoint_filter_fn(
         check_embedding_sizes({k: tuple(v.shape) for k, v in state_dict.items()}, model, source)
     sd = _timm_vit_filter(state_dict, model)
     _drop_replaced_head(sd, model, source)
+    sd, loaded = adapt_mlp_state(sd, model, kan_init, layout, strict, source)
+    if report is not None:
+        report.layout, report.loaded_keys = layout, loaded
+    return sd
+
+
+def adapt_mlp_state(
+        sd: Dict[str, torch.Tensor], model: nn.Module, kan_init: str, layout: str = 'vit', strict: bool = True,
+        source: str = 'checkpoint',
+) -> Tuple[Dict[str, torch.Tensor], FrozenSet[str]]:
+    """(a complete state dict for ``model``, the keys taken from ``sd``): an MLP model's tensors (layout 'vit', any
+    timm model whose MLPs became KAN blocks) mapped into the KAN blocks by ``kan_init``, or a KAN model's as they are
+    (layout 'kan'); the KAN-ViT adapter and ``kanify`` share it."""
     sd = _map_mlp_weights(sd, model, kan_init if layout == 'vit' else None, source)
     expected = model.state_dict()
     _drop_or_refuse_unexpected(sd, expected, strict, source, model)
     _check_shapes(sd, expected, source, model)
     loaded = frozenset(sd)
     _complete(sd, expected, model, kan_init, layout, strict, source)
-    if report is not None:
-        report.layout, report.loaded_keys = layout, loaded
-    return sd
+    return sd, loaded
 
 
 def check_embedding_sizes(shapes: Dict[str, Tuple[int, ...]], model: nn.Module, source: str) -> None:
@@ -229,15 +242,17 @@ def _drop_replaced_head(sd: Dict[str, torch.Tensor], model: nn.Module, source: s
 def _map_mlp_weights(
         sd: Dict[str, torch.Tensor], model: nn.Module, kan_init: Optional[str], source: str,
 ) -> Dict[str, torch.Tensor]:
-    """A ViT's fc1/fc2 into the KAN blocks: the base branches of kan1/kan2 with ``kan_init='mlp'`` (group-rational
-    blocks keep the names), unused with ``'random'``. ``kan_init`` is None for a KAN checkpoint: keys stay."""
+    """An MLP's fc1/fc2 into the KAN block at its path: the base branches of kan1/kan2 with ``kan_init='mlp'``
+    (group-rational blocks keep the names), unused with ``'random'``. ``kan_init`` is None for a KAN checkpoint:
+    keys stay."""
     if kan_init is None:
         return sd
     expected = set(model.state_dict())
+    blocks = set(kan_ffn_prefixes(model))
     out, unused = {}, []
     for k, v in sd.items():
         m = _MLP_KEY.match(k)
-        if m is not None and (k not in expected or kan_init != 'mlp'):
+        if m is not None and m.group(1) + '.' in blocks and (k not in expected or kan_init != 'mlp'):
             if kan_init != 'mlp':
                 unused.append(k)
                 continue

@@ -42,7 +42,7 @@ from .names import family_of_model
 from ._pretrained import (
     KAN_INITS, CheckpointError, LoadReport, kan_checkpoint_filter_fn, load_npz_into_kan_vit, peek_checkpoint)
 
-__all__ = ['KANVisionTransformer', 'architecture_kwargs', 'register_family']
+__all__ = ['KANVisionTransformer', 'architecture_kwargs', 'check_family_kwarg', 'register_family']
 
 # keyword arguments create_model may legitimately pass through to the builder
 _BUILDER_KWARGS = {
@@ -119,8 +119,8 @@ class KANVisionTransformer(VisionTransformer):
 
     def architecture_args(self) -> Dict[str, Any]:
         """The resolved KAN options as JSON-ready ``model_args`` (exports rebuild the same layers from them)."""
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.kan_args.items()
-                if k != 'kan_type' and v is not None}
+        from .kanify import architecture_args  # (kanify builds on this module)
+        return architecture_args(self)
 
     def hidden_widths(self) -> List[int]:
         """The width between the two KAN layers of each block."""
@@ -208,6 +208,15 @@ def _with_mlp_init_options(family: KANFamily, options: Dict[str, Any]) -> Dict[s
     return dict(options, **family.mlp_init_options)
 
 
+def check_family_kwarg(variant: str, family: KANFamily, key: str) -> None:
+    """An option of other KAN families given to ``family``'s model is an error naming the families that take it."""
+    others = [f'{f.prefix}_*' for f in KAN_FAMILIES.values() if key in f.options and key not in family.options]
+    if others:
+        raise ValueError(
+            f'{variant}: option {key!r} belongs to the {" / ".join(others)} famil'
+            f'{"ies" if len(others) > 1 else "y"}; {family.prefix}_* takes {", ".join(family.options)}')
+
+
 def _check_kwargs(variant: str, family: KANFamily, kwargs: Dict[str, Any]) -> None:
     """Every kwarg is a ViT argument, a builder argument or one of the family's options; else an error naming it."""
     allowed_vit = set(inspect.signature(VisionTransformer.__init__).parameters) - {'self'} - _RESERVED_VIT_KWARGS
@@ -215,11 +224,7 @@ def _check_kwargs(variant: str, family: KANFamily, kwargs: Dict[str, Any]) -> No
     for key in kwargs:
         if key in own or key in allowed_vit or key in _BUILDER_KWARGS:
             continue
-        if any(key in f.options for f in KAN_FAMILIES.values()):
-            others = [f'{f.prefix}_*' for f in KAN_FAMILIES.values() if key in f.options]
-            raise ValueError(
-                f'{variant}: option {key!r} belongs to the {" / ".join(others)} famil'
-                f'{"ies" if len(others) > 1 else "y"}; {family.prefix}_* takes {", ".join(family.options)}')
+        check_family_kwarg(variant, family, key)
         if key in _RESERVED_VIT_KWARGS:
             raise ValueError(f'{variant}: {key!r} is set by timm_kan and cannot be overridden')
         close = difflib.get_close_matches(key, sorted(own | allowed_vit), n=3)
@@ -388,8 +393,10 @@ def register_family(family: KANFamily) -> KANFamily:
     """Add a KAN family (its layer or block and its table entry) to ``KAN_FAMILIES`` and register its models with
     timm. Everything else (create_model options, compare, bench, explain, pruning, the Hub, the README tables)
     reads the table."""
+    from .kan_any import register_any_model  # (kan_any builds on this module)
     add_family(family)
     _register_models(family)
+    register_any_model(family)
     return family
 
 

@@ -6,15 +6,16 @@ import timm
 
 from ..layers import KAN_FAMILIES, KANFamily
 
-__all__ = ['family_of_model', 'design_name', 'resolve_model_name']
+__all__ = ['family_of_model', 'design_name', 'resolve_model_name', 'close_matches']
 
 
 def family_of_model(name: str) -> Optional[KANFamily]:
-    """The family of a model name (``hf-hub:``/``local-dir:`` and pretrained tags allowed), None for others."""
+    """The family of a model name (a KAN-ViT or a family's ``any_model`` entry; ``hf-hub:``/``local-dir:`` and
+    pretrained tags allowed), None for others."""
     base = name.split(':')[-1].split('/')[-1].split('.')[0]
     # longest prefix first: 'kan_vit' is a suffix of the others, never a prefix of them
     for family in sorted(KAN_FAMILIES.values(), key=lambda f: -len(f.prefix)):
-        if base.startswith(family.prefix + '_'):
+        if base.startswith(family.prefix + '_') or base == family.any_model:
             return family
     return None
 
@@ -32,6 +33,10 @@ def resolve_model_name(name: str) -> str:
     base = name.split('.')[0]
     if timm.is_model(base):
         return name
-    close = difflib.get_close_matches(base, timm.list_models(), n=5, cutoff=0.6)
-    hint = f' Close matches: {", ".join(close)}.' if close else ''
-    raise ValueError(f'unknown model {name!r} (did you import timm_kan?).{hint}')
+    raise ValueError(f'unknown model {name!r} (did you import timm_kan?).{close_matches(base)}')
+
+
+def close_matches(name: str) -> str:
+    """' Close matches: a, b.' for the registered models whose names are near ``name`` ('' for none)."""
+    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+    return f' Close matches: {", ".join(close)}.' if close else ''
