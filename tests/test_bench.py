@@ -120,3 +120,15 @@ def test_compiled_rows_have_the_compiled_mlp_as_reference():
     rows = bench_ffn(32, 8, 16, dtype='float32', device='cpu', warmup=1, reps=1, only=['mlp'], compiled=True)
     assert [r['variant'] for r in rows] == ['mlp', 'mlp compiled']
     assert all(r['fwd_bwd_ms'] > 0 and r['fwd_bwd_vs_mlp'] > 0 for r in rows) and rows[0]['fwd_bwd_vs_mlp'] == 1.0
+
+
+def test_ratios_come_from_pairs_timed_in_turns(monkeypatch):
+    """A load that comes and goes slows a variant and the MLP timed next to it alike: the ratio is the median of the
+    pairs' ratios (10 here), not the ratio of the medians."""
+    from timm_kan import bench_models
+
+    clock = iter([40.0, 4.0, 10.0, 1.0, 30.0, 3.0])  # variant, MLP, variant, MLP, ... under three loads
+    calls = []
+    monkeypatch.setattr(bench_models, 'time_call', lambda fn, *args: calls.append(fn) or next(clock))
+    ms, ratio = bench_models.time_paired('variant', 'mlp', torch.device('cpu'), 0, 3)
+    assert (ms, ratio) == (30.0, 10.0) and calls == ['variant', 'mlp'] * 3

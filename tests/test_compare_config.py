@@ -71,7 +71,8 @@ def test_data_is_parsed_once_into_a_spec(text, kind, name, inputs):
 
 
 def test_a_family_registered_later_is_known_to_compare_and_convert(monkeypatch, capsys):
-    monkeypatch.setitem(KAN_FAMILIES, 'toy', SimpleNamespace(prefix='toykan_vit', options=('toy_order',)))
+    toy = SimpleNamespace(prefix='toykan_vit', any_model='toykan', options=('toy_order',))
+    monkeypatch.setitem(KAN_FAMILIES, 'toy', toy)
     with pytest.raises(ValueError, match='toy_order: none of the models takes it .* families that do: toykan_vit_'):
         kwargs_per_model(['vit_tiny_patch16_224'], dict(toy_order=2))
     assert cli_main(['convert', '--model', 'vit_tiny_patch16_224', '--checkpoint', 'c.pth', '--out', 'o']) == 2

@@ -239,3 +239,16 @@ def test_readme_compare_table_was_pasted():
     table = _block('compare-table')
     for name in ('vit_tiny_patch16_224', 'chebykan_vit_tiny_patch16_224', 'kan_vit_tiny_patch16_224'):
         assert f'| {name} |' in table
+
+
+@pytest.mark.parametrize('name', ['vit_tiny_patch16_224', 'kan_vit_tiny_patch16_224', 'grkan_vit_tiny_patch16_224'])
+def test_table_counts_from_two_shallow_builds_equal_a_full_build(name):
+    """The model tables count each model from builds of depth 1 and 2 (its blocks are alike): exactly a full build's
+    parameters, by part, and FLOPs."""
+    from timm_kan.accounting import count_flops, count_parameters
+    from timm_kan.tables import counts_at_depth
+
+    full = timm.create_model(name, num_classes=1000, device='meta')
+    params, flops = counts_at_depth(name, 12)
+    assert params == count_parameters(full) and flops == count_flops(full)
+    assert flops > counts_at_depth(name, 11)[1]

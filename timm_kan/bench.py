@@ -14,7 +14,7 @@ import argparse
 import datetime
 import json
 import sys
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -22,7 +22,8 @@ from torch import nn
 from .io import processor_name
 from .accounting import saved_bytes_per_row
 from .bench_models import (
-    bench_memory, bench_paths, bench_training, check_targets, device_and_dtype, release_memory, time_call)
+    bench_memory, bench_paths, bench_training, check_targets, device_and_dtype, release_memory, time_call,
+    time_paired)
 from .bench_variants import PublishedChebyshevKAN, ffn_variants, import_ikan
 from .layers import KAN_FAMILIES
 
@@ -39,48 +40,63 @@ def _gemm_flops(module: nn.Module, x: torch.Tensor) -> int:
     return counter.get_total_flops()
 
 
+def _steps(module: nn.Module, x: torch.Tensor, amp_dtype: torch.dtype) -> Tuple[Callable[[], Any], Callable[[], Any]]:
+    """The timed calls of one FFN: its forward (no grad) and its forward+backward, under the bench's autocast."""
+    dev = x.device
+
+    def autocast():
+        return torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32)
+
+    def fwd():
+        with torch.no_grad(), autocast():
+            return module(x)
+
+    def fwd_bwd():
+        with autocast():
+            y = module(x)
+        y.float().sum().backward()
+
+    return fwd, fwd_bwd
+
+
 def _measure_variant(make: Callable[[], nn.Module], x: torch.Tensor, amp_dtype: torch.dtype, warmup: int,
-                     reps: int, compiled: bool = False) -> Dict[str, Any]:
+                     reps: int, compiled: bool = False, reference: Optional[Tuple[Callable, Callable]] = None,
+                     ) -> Tuple[Dict[str, Any], Tuple[Callable, Callable]]:
     """Forward and forward+backward milliseconds, GEMM FLOPs, the activations kept for backward per token and (CUDA)
-    peak extra memory of one FFN, run eagerly or through ``torch.compile`` (its compilation happens in the warmup)."""
+    peak extra memory of one FFN, run eagerly or through ``torch.compile`` (its compilation happens in the warmup);
+    and its timed calls. With the MLP's timed calls as ``reference``, each is timed in turns with the MLP's, and the
+    row holds the median ratio of the pairs."""
     dev = x.device
     torch.manual_seed(0)
     module = make().to(dev)
     row: Dict[str, Any] = dict(gemm_flops=_gemm_flops(module, x[:8].detach()))
     if compiled:
         module = torch.compile(module)
-
-    def autocast():
-        return torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32)
-
-    def fwd():
-        with autocast():
-            return module(x)
-
-    with autocast():  # the slope over 128 -> 256 tokens: what a batch adds, not the per-layer constants
+    steps = _steps(module, x, amp_dtype)
+    with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32):
+        # the slope over 128 -> 256 tokens: what a batch adds, not the per-layer constants
         row['saved_kib_per_token'] = saved_bytes_per_row(
             module, lambda n: torch.randn(n, x.shape[-1], device=dev, requires_grad=True), 128) / 2 ** 10
-
-    def fwd_bwd():
-        fwd().float().sum().backward()
-
-    with torch.no_grad():
-        row['forward_ms'] = time_call(fwd, dev, warmup, reps)
-    row['fwd_bwd_ms'] = time_call(fwd_bwd, dev, warmup, reps)
+    for key, step, ref in zip(('forward', 'fwd_bwd'), steps, reference or (None, None)):
+        if ref is None:
+            row[f'{key}_ms'] = time_call(step, dev, warmup, reps)
+        else:
+            row[f'{key}_ms'], row[f'{key}_vs_mlp'] = time_paired(step, ref, dev, warmup, reps)
     if dev.type == 'cuda':
         module.zero_grad(set_to_none=True)
         x.grad = None
         torch.cuda.synchronize(dev)
         base = torch.cuda.memory_allocated(dev)
         torch.cuda.reset_peak_memory_stats(dev)
-        fwd_bwd()
+        steps[1]()
         torch.cuda.synchronize(dev)
         row['peak_extra_mib'] = (torch.cuda.max_memory_allocated(dev) - base) / 2 ** 20
-    return row
+    return row, steps
 
 
 def _add_ratios(rows: List[Dict[str, Any]]) -> None:
-    """Each row's ratios to the MLP (compiled rows: to the 'mlp compiled' row) and its GEMM floor."""
+    """Each row's ratios to the MLP (compiled rows: to the 'mlp compiled' row) where it has no paired ones, and its
+    GEMM floor."""
     mlps = {False: rows[0], True: next((r for r in rows if r['variant'] == 'mlp compiled'), None)}
     mlp_flops = rows[0].get('gemm_flops')
 
@@ -89,8 +105,8 @@ def _add_ratios(rows: List[Dict[str, Any]]) -> None:
 
     for r in rows:
         mlp = mlps[r['variant'].endswith(' compiled')]
-        r['fwd_bwd_vs_mlp'] = ratio(r['fwd_bwd_ms'], mlp['fwd_bwd_ms'])
-        r['forward_vs_mlp'] = ratio(r['forward_ms'], mlp['forward_ms'])
+        r.setdefault('fwd_bwd_vs_mlp', ratio(r['fwd_bwd_ms'], mlp['fwd_bwd_ms']))
+        r.setdefault('forward_vs_mlp', ratio(r['forward_ms'], mlp['forward_ms']))
         r['gemm_floor'] = r.pop('gemm_flops', 0) / mlp_flops if mlp_flops else None
         r['saved_vs_mlp'] = ratio(r['saved_kib_per_token'], mlp['saved_kib_per_token'])
         r['memory_vs_mlp'] = ratio(r['peak_extra_mib'], mlp['peak_extra_mib'])
@@ -101,8 +117,9 @@ def bench_ffn(
         warmup: int = 3, reps: int = 10, only: Optional[Sequence[str]] = None, compiled: bool = False,
 ) -> List[Dict[str, Any]]:
     """Rows of forward / forward+backward time, activations kept for backward per token (saved-tensor hooks, on
-    every device) and peak extra memory (CUDA) per FFN variant, with ratios to the MLP, and each variant's GEMM
-    floor: its matrix-product FLOPs as a multiple of the MLP's.
+    every device) and peak extra memory (CUDA) per FFN variant, with ratios to the MLP (each variant timed in turns
+    with it: the median ratio of the pairs), and each variant's GEMM floor: its matrix-product FLOPs as a multiple
+    of the MLP's.
 
     ``only`` keeps these variants, in its order (the MLP always runs, first). ``compiled`` adds, after each
     variant's rows, a ``'<variant> compiled'`` row per variant run through ``torch.compile``, whose ratios are to
@@ -126,13 +143,18 @@ def bench_ffn(
     # spinning and slow the eager ops that follow (measured: every eager KAN row 1.5-2x slower after them)
     runs = [(name, False) for name in chosen] + [(name, True) for name in chosen if compiled]
     rows = []
+    references: Dict[bool, Tuple[Callable, Callable]] = {}  # the MLP's timed calls, eager and compiled
     for name, compile_it in runs:
         make = variants[name]
         row: Dict[str, Any] = dict(variant=f'{name} compiled' if compile_it else name, forward_ms=None,
                                    fwd_bwd_ms=None, saved_kib_per_token=None, peak_extra_mib=None, note='')
         x = torch.randn(tokens, dim, device=dev, requires_grad=True)
         try:
-            row.update(_measure_variant(make, x, amp_dtype, warmup, reps, compile_it))
+            measured, steps = _measure_variant(make, x, amp_dtype, warmup, reps, compile_it,
+                                               references.get(compile_it))
+            row.update(measured)
+            if name == 'mlp':
+                references[compile_it] = steps
         except torch.OutOfMemoryError:
             row.update(forward_ms=None, fwd_bwd_ms=None, note='out of memory')
         except Exception as e:  # a variant torch.compile cannot take (a peer's layer) must not stop the bench
@@ -195,7 +217,8 @@ def format_report(result: Dict[str, Any]) -> str:
         + (f"; processor: {result['processor']}" if result.get('processor') else '')
         + f"; command: `{result['command']}`",
         f"FFN {shape['dim']}->{shape['hidden']}->{shape['dim']} on {shape['tokens']} tokens, {result['dtype']}, "
-        f"forward and forward+backward, median of {result['reps']}; saved_kib_per_token: the activations kept for "
+        f"forward and forward+backward, median of {result['reps']} (ratios to the MLP: the median of pairs timed "
+        "in turns with it); saved_kib_per_token: the activations kept for "
         "backward per token (slope from 128 to 256 tokens); peak memory above the inputs on CUDA only; gemm_floor: "
         "the variant's matrix-product FLOPs as a multiple of the MLP's; compiled rows: ratios to the compiled MLP:",
         _table(result['ffn']),

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 __all__ = ['bench_training', 'bench_paths', 'bench_memory', 'check_targets', 'device_and_dtype', 'release_memory',
-           'time_call', 'TARGETS', 'CPU_TARGETS']
+           'time_call', 'time_paired', 'TARGETS', 'CPU_TARGETS']
 
 
 def time_call(fn: Callable[[], Any], device: torch.device, warmup: int, reps: int) -> float:
@@ -30,6 +30,21 @@ def time_call(fn: Callable[[], Any], device: torch.device, warmup: int, reps: in
             times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
 
+
+
+def time_paired(fn: Callable[[], Any], reference: Callable[[], Any], device: torch.device, warmup: int,
+                reps: int) -> Tuple[float, float]:
+    """(median milliseconds of ``fn``, median ratio of its time to ``reference``'s), the two timed in turns: a load
+    that comes and goes on a shared machine slows both of a pair alike, so the ratio holds where times do not."""
+    for _ in range(warmup):
+        fn()
+        reference()
+    times, ratios = [], []
+    for _ in range(reps):
+        ms = time_call(fn, device, 0, 1)
+        times.append(ms)
+        ratios.append(ms / time_call(reference, device, 0, 1))
+    return statistics.median(times), statistics.median(ratios)
 
 
 def device_and_dtype(device: Optional[str], dtype: str) -> Tuple[torch.device, torch.dtype]:

@@ -184,9 +184,9 @@ def merge_results(runs: Sequence[Dict[str, Any]], names: Sequence[str]) -> Dict[
     return merged
 
 
-def write_results(results: List[Dict[str, Any]], out_dir: Path, meta: Dict[str, Any]) -> None:
+def write_results(results: List[Dict[str, Any]], out_dir: Path, meta: Dict[str, Any], plots: bool = True) -> None:
     """results.json (run configuration and every model's result and history), results.csv (a row per model and
-    epoch) and the plots; each file replaced atomically."""
+    epoch) and (``plots``) the plots; each file replaced atomically."""
     out_dir = Path(out_dir)
     write_json_atomic(out_dir / 'results.json', dict(meta, results=results))
 
@@ -198,7 +198,7 @@ def write_results(results: List[Dict[str, Any]], out_dir: Path, meta: Dict[str, 
                 writer.writerow({k: h.get(k, r.get(k)) for k in _CSV_FIELDS})
 
     write_atomic(out_dir / 'results.csv', write_csv)
-    if results:  # a run whose first model failed has nothing to draw yet
+    if plots and results:  # a run whose first model failed has nothing to draw yet
         _plot(results, out_dir)
 
 

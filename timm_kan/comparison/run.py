@@ -226,8 +226,9 @@ def _run(cfg: CompareConfig, models: List[str], recipe: Dict[str, Any], manifest
     results: List[Dict[str, Any]] = []
 
     def write(current: Optional[Dict[str, Any]] = None) -> None:
+        # after every epoch the results files (an interrupted run keeps them); the plots once per finished run
         if rank == 0:
-            write_results(results + ([current] if current else []), out_dir, meta)
+            write_results(results + ([current] if current else []), out_dir, meta, plots=current is None)
 
     ctx = RunContext(
         data_root=data_root, classes=classes, recipe=recipe, device=torch.device(info['device']), out_dir=out_dir,

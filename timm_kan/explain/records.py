@@ -118,7 +118,7 @@ def _outside(layer: nn.Module, inputs: torch.Tensor) -> Optional[torch.Tensor]:
 def record_blocks(model: nn.Module, images: torch.Tensor, max_rows: int = 1024, seed: int = 0,
                   batch_size: int = 64) -> List[BlockRecord]:
     """Run ``images`` through ``model`` (eval mode) and return every block's ``BlockRecord``."""
-    from ..models import ffn_modules
+    from ..layers import ffn_modules
 
     blocks = ffn_modules(model)  # a ViT's blocks.N.mlp; any kanified model's feed-forward blocks, in module order
     if not blocks:

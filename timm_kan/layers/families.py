@@ -9,7 +9,7 @@ options, compare, bench, explain, the README tables and display names follow fro
 import inspect
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Type
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Type
 
 from torch import nn
 
@@ -19,7 +19,7 @@ from .learnable_act_mlp import LearnableActMlp
 from .rational import GRKANMlp
 from .rbf import RBFKANLinear
 
-__all__ = ['KANFamily', 'KAN_FAMILIES', 'add_family', 'family_of_type']
+__all__ = ['KANFamily', 'KAN_FAMILIES', 'add_family', 'block_classes', 'family_of_type', 'ffn_modules']
 
 
 @dataclass(frozen=True)
@@ -164,6 +164,20 @@ def add_family(family: KANFamily) -> KANFamily:
                          f"argument's meaning to {family.configured.__name__}.argument_help")
     KAN_FAMILIES[family.kan_type] = family
     return family
+
+
+def block_classes() -> Tuple[Type[nn.Module], ...]:
+    """The feed-forward block classes of the registered families (``KANMlp`` and the families' own blocks)."""
+    return tuple(dict.fromkeys(f.block_class for f in KAN_FAMILIES.values()))
+
+
+def ffn_modules(model: nn.Module) -> List[Tuple[str, nn.Module]]:
+    """(name, module) of every feed-forward block of ``model`` in module order: a family's block, or timm's
+    ``Mlp`` (a ViT's ``blocks.N.mlp``, a kanified model's blocks wherever its architecture keeps them)."""
+    from timm.layers import Mlp
+
+    kan_blocks = block_classes()
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, kan_blocks) or type(m) is Mlp]
 
 
 def family_of_type(kan_type: str) -> KANFamily:

@@ -4,5 +4,5 @@ from ._pretrained import KAN_INITS, CheckpointError, LoadReport, kan_checkpoint_
 from .archs import ARCHS
 from .kan_vit import ADAPTER_KWARGS, KANVisionTransformer, architecture_kwargs, register_family
 from .names import design_name, family_of_model, resolve_model_name
-from .kanify import ChannelsFirst, KanifyReport, architecture_args, ffn_modules, kanify
+from .kanify import ChannelsFirst, KanifyReport, architecture_args, kanify
 from .kan_any import register_any_model

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from timm.models.vision_transformer import VisionTransformer, _load_weights, checkpoint_filter_fn
 
-from ..layers import KAN_FAMILIES
+from ..layers import block_classes
 
 __all__ = [
     'CheckpointError', 'KAN_INITS', 'LoadReport',
@@ -62,14 +62,9 @@ def _model_name(model: nn.Module) -> str:
     return (getattr(model, 'pretrained_cfg', None) or {}).get('architecture', type(model).__name__)
 
 
-def _block_classes() -> Tuple[type, ...]:
-    """The feed-forward block classes of the registered families (``KANMlp`` and the families' own blocks)."""
-    return tuple(dict.fromkeys(f.block_class for f in KAN_FAMILIES.values()))
-
-
 def kan_ffn_prefixes(model: nn.Module) -> List[str]:
     """State-dict prefixes ('blocks.3.mlp.') of the KAN feed-forward blocks."""
-    return [f'{name}.' for name, m in model.named_modules() if isinstance(m, _block_classes())]
+    return [f'{name}.' for name, m in model.named_modules() if isinstance(m, block_classes())]
 
 
 def _expansion_keys(model: nn.Module) -> FrozenSet[str]:
@@ -86,7 +81,7 @@ def describe_keys(keys: Iterable[str], limit: int = 8) -> str:
 def _kan_structure(keys: Collection[str]) -> Optional[Dict[str, Any]]:
     """The block options the first block's keys show (each block class reads its own layout); None when the keys
     hold no KAN block."""
-    for cls in _block_classes():
+    for cls in block_classes():
         structure = cls.structure_from_keys(keys, _FIRST_BLOCK)
         if structure is not None:
             return structure
@@ -166,7 +161,7 @@ def kan_checkpoint_filter_fn(
         raise CheckpointError(
             f'{source} is not a ViT or KAN-ViT checkpoint: expected keys like blocks.0.attn.qkv.weight and '
             f'blocks.0.mlp.fc1.weight, found {describe_keys(state_dict.keys(), 5) or "no tensors"}')
-    for cls in _block_classes():  # other code bases' checkpoints (KAT's) in the blocks' own layouts
+    for cls in block_classes():  # other code bases' checkpoints (KAT's) in the blocks' own layouts
         state_dict = cls.adapt_checkpoint(state_dict)
     if getattr(model, 'pos_embed_type', 'learn') == 'sincos2d' and 'pos_embed' in state_dict:
         _logger.warning(f'{source}: its learned pos_embed {tuple(state_dict["pos_embed"].shape)} is not loaded: '

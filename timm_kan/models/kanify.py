@@ -24,7 +24,7 @@ from ._freeze import apply_freeze_policy
 from ._pretrained import KAN_INITS, LoadReport, adapt_mlp_state, describe_keys, kan_ffn_prefixes
 from .kan_vit import _kan_args, check_family_kwarg
 
-__all__ = ['ChannelsFirst', 'KanifyReport', 'UNSUPPORTED', 'architecture_args', 'convert', 'ffn_modules', 'kanify',
+__all__ = ['ChannelsFirst', 'KanifyReport', 'UNSUPPORTED', 'architecture_args', 'convert', 'kanify',
            'replace_mlps']
 
 _logger = logging.getLogger(__name__)
@@ -286,9 +286,3 @@ def architecture_args(model: nn.Module) -> Dict[str, Any]:
     args = {k: (list(v) if isinstance(v, tuple) else v) for k, v in getattr(model, 'kan_args', {}).items()
             if k != 'kan_type' and v is not None}
     return dict(args, **getattr(model, 'kanify_args', {}))
-
-
-def ffn_modules(model: nn.Module) -> List[Tuple[str, nn.Module]]:
-    """(name, module) of every feed-forward block in module order: a KAN family's block, or timm's ``Mlp``."""
-    prefixes = set(kan_ffn_prefixes(model))
-    return [(n, m) for n, m in model.named_modules() if f'{n}.' in prefixes or type(m) is Mlp]
