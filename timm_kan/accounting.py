@@ -72,10 +72,17 @@ def count_flops(model: nn.Module, input_size: Optional[Sequence[int]] = None, ba
     x = torch.zeros(batch_size, c, h, w, device=p.device, dtype=p.dtype)
     was_training = model.training
     model.eval()
+    # no tensor requiring grad: FlopCounterMode hooks every module input that does, and fails on a view of a
+    # parameter without a grad_fn (CaiT's expanded class token, made under no_grad or not)
+    trainable = [p for p in model.parameters() if p.requires_grad]
     try:
-        with FlopCounterMode(display=False) as counter:
+        for p in trainable:
+            p.requires_grad_(False)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model(x)
     finally:
+        for p in trainable:
+            p.requires_grad_(True)
         model.train(was_training)
     return int(counter.get_total_flops())
 
