@@ -30,7 +30,7 @@ TINY = ['--model-kwargs', 'img_size=16', 'patch_size=8', 'embed_dim=32', 'depth=
 
 def _compare(data, out, *extra):
     return cli_main(['compare', '--data', str(data), '--output', str(out), '--recipe', 'small', '--batch-size', '8',
-                     '--no-progress', *extra])
+                     '--no-progress', '--no-explain', *extra])
 
 
 def _files(root: Path, split: str):

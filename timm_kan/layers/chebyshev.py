@@ -19,7 +19,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..kernels import register_check_case
-from .base import FUSED_HELP, BasisLinear, KANLinearBase, check_positive, fused_check_case, fused_option
+from .base import FUSED_HELP, KANLinearBase, check_positive, fused_check_case, fused_option
+from .basis_linear import BasisLinear
 
 __all__ = ['ChebyshevKANLinear', 'chebyshev_basis', 'chebyshev_powers']
 

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from ..kernels import register_check_case
-from .base import (
-    FUSED_HELP, HIDDEN_HELP, capturing, exporting, fused_check_case, fused_option, hidden_width, run_fused)
+from .base import FUSED_HELP, HIDDEN_HELP, fused_check_case, fused_option, hidden_width, run_fused
+from .basis_linear import capturing, exporting
 
 __all__ = ['GroupRational', 'GRKANMlp', 'RATIONAL_INITS']
 

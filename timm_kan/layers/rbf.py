@@ -19,7 +19,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .base import BasisLinear, KANLinearBase, check_range
+from .base import KANLinearBase, check_range
+from .basis_linear import BasisLinear
 
 __all__ = ['RBFKANLinear', 'RBF_BASES', 'rbf_basis']
 

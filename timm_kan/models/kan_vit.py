@@ -232,10 +232,6 @@ def _check_kwargs(variant: str, family: KANFamily, kwargs: Dict[str, Any]) -> No
         raise ValueError(f'{variant}: unknown option {key!r}{hint}')
 
 
-def _file_overlay(kwargs: Dict[str, Any]) -> Optional[str]:
-    return (kwargs.get('pretrained_cfg_overlay') or {}).get('file')
-
-
 def _adapter_options(pretrained: bool, kwargs: Dict[str, Any],
                      family: KANFamily) -> Tuple[_AdapterOptions, Dict[str, Any]]:
     """The load-time options, ``kan_init``'s default chosen from what will be loaded, and the other kwargs.
@@ -272,7 +268,7 @@ def _kan_file_structure(kwargs: Dict[str, Any], family: KANFamily) -> Optional[D
     """None unless the file overlay holds KAN layers; then the block options its keys show (``kan_base``,
     ``kan_mid_norm``) that ``family``'s block takes: another family's blocks then fail the load, which names
     the tensors that have no place in the model."""
-    path = _file_overlay(kwargs)
+    path = (kwargs.get('pretrained_cfg_overlay') or {}).get('file')
     peek = peek_checkpoint(path) if path else None
     if peek is None or peek.layout != 'kan':
         return None
