@@ -152,6 +152,22 @@ def test_local_dir_round_trip_is_bit_exact(tmp_path, key):
         assert torch.equal(loaded(_images(key)), model(_images(key)))
 
 
+@pytest.mark.parametrize('name, options', [('poolformer_s12', {}), ('mixer_s16_224', dict(unsupported='warn'))])
+def test_full_size_round_trip_where_timm_fixes_the_size(tmp_path, name, options):
+    """MLP-Mixer's and PoolFormer's timm entries take no size arguments: their round trip at full size, with the
+    group-rational family (the base's parameters; MLP-Mixer's 196-token MLPs, which groups=8 does not divide, stay
+    MLPs and are recorded as such)."""
+    model = timm.create_model('grkan', base=name, num_classes=3, groups=8, **options).eval()
+    out = export_for_hub(model, tmp_path / 'export')
+    assert json.loads((out / 'config.json').read_text())['model_args']['unsupported'] == options.get(
+        'unsupported', 'error')
+    loaded = timm.create_model(f'local-dir:{out}', pretrained=True).eval()
+    assert loaded.kanify_report.converted == model.kanify_report.converted
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
 def test_registry_loads_the_base_weights_then_converts(tmp_path):
     name, kwargs, _ = SWIN
     base = _build('swin')
