@@ -78,7 +78,7 @@ def count_flops(model: nn.Module, input_size: Optional[Sequence[int]] = None, ba
     try:
         for p in trainable:
             p.requires_grad_(False)
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with FlopCounterMode(display=False) as counter:
             model(x)
     finally:
         for p in trainable:

@@ -17,8 +17,7 @@ from torch import nn
 import timm
 from timm.models import get_model_args
 
-from ..layers import KAN_FAMILIES, family_of_type
-from ..layers import ffn_modules
+from ..layers import KAN_FAMILIES, family_of_type, ffn_modules
 from ..models import KANVisionTransformer, architecture_args
 from ..models.kan_vit import ADAPTER_KWARGS
 from .records import BlockRecord, record_blocks

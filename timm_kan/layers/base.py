@@ -1,7 +1,7 @@
 """Pieces shared by the KAN layers: the optional base branch, argument checks and the choice between the fused
 kernels and the PyTorch reference (``basis_linear``: what compiled, exported and scripted graphs hold)."""
 import math
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type
 
 import numpy as np
 import torch
@@ -13,7 +13,7 @@ from ..kernels import use_fused
 from .basis_linear import exporting, recomputed_activation
 
 __all__ = ['BaseBranch', 'KANLinearBase', 'COEFF_INITS', 'FUSED_HELP', 'HIDDEN_HELP', 'check_positive', 'check_range',
-           'hidden_width', 'fused_check_case', 'coefficient_parameters', 'fused_option', 'run_fused']
+           'check_choice', 'hidden_width', 'fused_check_case', 'coefficient_parameters', 'fused_option', 'run_fused']
 
 # 'published': each family's published coefficient initialisation; 'variance': coefficients drawn so that
 # the basis expansion preserves variance, Var(y) = Var(x) = 1 for unit-normal edge inputs (the LeCun rule KAT
@@ -36,6 +36,12 @@ def coefficient_parameters(model: nn.Module) -> List[nn.Parameter]:
             param = getattr(module, name)
             params[id(param)] = param
     return list(params.values())
+
+
+def check_choice(name: str, value: Any, allowed: Sequence[Any], owner: str = '') -> None:
+    """Raise a ValueError naming the option (after ``owner``, when given) unless ``value`` is one of ``allowed``."""
+    if value not in allowed:
+        raise ValueError(f'{owner + ": " if owner else ""}{name} must be one of {tuple(allowed)}, got {value!r}')
 
 
 def check_positive(name: str, value: int) -> None:

@@ -109,12 +109,20 @@ def _scatter_bases(x: torch.Tensor, values: List[torch.Tensor], places: List[Tup
     return bases
 
 
+def _local(x: torch.Tensor, grid: torch.Tensor, order: int, level: int) -> Tuple[
+        torch.Tensor, List[torch.Tensor], List[torch.Tensor], List[Tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+    """On a uniform grid: x in the compute dtype, the local values of order ``level`` and ``level - 1`` (scaled as
+    ``_uniform_local_bases`` says), where the k + 1 values of order k sit in the dense basis, and the knot step."""
+    x, grid = _in_compute_dtype(x, grid)
+    m, f, step = _knot_positions(x, grid, order)
+    values, lower = _uniform_local_bases(f, level)
+    return x, values, lower, _placements(m, grid.shape[1] - order - 1, order), step
+
+
 def _uniform_bases(x: torch.Tensor, grid: torch.Tensor, order: int) -> torch.Tensor:
     """(..., in) -> (..., in, G + k) B-spline bases on a uniform grid, from the k + 1 local values."""
-    x, grid = _in_compute_dtype(x, grid)
-    m, f, _ = _knot_positions(x, grid, order)
-    num_bases = grid.shape[1] - order - 1
-    return _scatter_bases(x, _uniform_local_bases(f, order)[0], _placements(m, num_bases, order), num_bases)
+    x, values, _, places, _ = _local(x, grid, order, order)
+    return _scatter_bases(x, values, places, grid.shape[1] - order - 1)
 
 
 class _UniformBases:
@@ -125,19 +133,14 @@ class _UniformBases:
     @staticmethod
     def basis_backward(x: torch.Tensor, grad: torch.Tensor, grid: torch.Tensor,
                        order: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        x, grid = _in_compute_dtype(x, grid)
-        m, f, step = _knot_positions(x, grid, order)
-        values, lower = _uniform_local_bases(f, order)
-        num_bases = grid.shape[1] - order - 1
-        places = _placements(m, num_bases, order)
-        return _scatter_bases(x, values, places, num_bases), _local_input_grad(x, grad, lower, places, step)
+        x, values, lower, places, step = _local(x, grid, order, order)
+        bases = _scatter_bases(x, values, places, grid.shape[1] - order - 1)
+        return bases, _local_input_grad(x, grad, lower, places, step)
 
     @staticmethod
     def input_grad(x: torch.Tensor, grad: torch.Tensor, grid: torch.Tensor, order: int) -> torch.Tensor:
-        x, grid = _in_compute_dtype(x, grid)
-        m, f, step = _knot_positions(x, grid, order)
-        lower = _uniform_local_bases(f, order - 1)[0]  # the derivative needs only level k - 1
-        return _local_input_grad(x, grad, lower, _placements(m, grid.shape[1] - order - 1, order), step)
+        x, lower, _, places, step = _local(x, grid, order, order - 1)  # the derivative needs only level k - 1
+        return _local_input_grad(x, grad, lower, places, step)
 
 
 def _local_input_grad(x: torch.Tensor, grad: torch.Tensor, lower: List[torch.Tensor],

@@ -64,7 +64,8 @@ def _model_name(model: nn.Module) -> str:
 
 def kan_ffn_prefixes(model: nn.Module) -> List[str]:
     """State-dict prefixes ('blocks.3.mlp.') of the KAN feed-forward blocks."""
-    return [f'{name}.' for name, m in model.named_modules() if isinstance(m, block_classes())]
+    blocks = block_classes()
+    return [f'{name}.' for name, m in model.named_modules() if isinstance(m, blocks)]
 
 
 def _expansion_keys(model: nn.Module) -> FrozenSet[str]:

@@ -20,6 +20,7 @@ from timm.models import load_pretrained, register_model
 from torch import nn
 
 from ..layers import KAN_FAMILIES, KANFamily
+from ..layers.base import check_choice
 from ._freeze import FREEZE_POLICIES, apply_freeze_policy
 from ._pretrained import KAN_INITS, LoadReport
 from .kan_vit import check_family_kwarg
@@ -55,8 +56,8 @@ def _split(variant: str, family: KANFamily, kwargs: Dict[str, Any]) -> Tuple[Dic
                              'weights through timm')
         (own if key in _OWN else options if key in family.options else rest)[key] = value
     for key, allowed in (('kan_init', KAN_INITS), ('freeze', FREEZE_POLICIES), ('unsupported', UNSUPPORTED)):
-        if key in own and own[key] not in allowed:
-            raise ValueError(f'{variant}: {key} must be one of {allowed}, got {own[key]!r}')
+        if key in own:
+            check_choice(key, own[key], allowed, variant)
     return own, options, rest
 
 

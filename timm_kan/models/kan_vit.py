@@ -35,7 +35,7 @@ from timm.models.vision_transformer import VisionTransformer, _cfg
 
 from ..layers import KAN_FAMILIES, POS_EMBEDS, KANFamily, add_family, family_of_type, sincos2d_pos_embed
 from ..layers.pos_embed import check_sincos2d
-from ..layers.base import check_range
+from ..layers.base import check_choice, check_range
 from ._freeze import FREEZE_POLICIES, apply_freeze_policy
 from .archs import ARCHS
 from .names import family_of_model
@@ -250,10 +250,9 @@ def _adapter_options(pretrained: bool, kwargs: Dict[str, Any],
     resample = asked.get('pretrained_resample')
     if resample is None:
         resample = 'img_size' in rest or 'patch_size' in rest
-    if kan_init is not None and kan_init not in KAN_INITS:
-        raise ValueError(f'kan_init must be one of {KAN_INITS}, got {kan_init!r}')
-    if freeze is not None and freeze not in FREEZE_POLICIES:
-        raise ValueError(f'freeze must be one of {FREEZE_POLICIES}, got {freeze!r}')
+    for key, value, allowed in (('kan_init', kan_init, KAN_INITS), ('freeze', freeze, FREEZE_POLICIES)):
+        if value is not None:
+            check_choice(key, value, allowed)
     if kan_init == 'mlp' and not pretrained:
         raise ValueError("kan_init='mlp' copies a pretrained MLP into the KAN layers; it needs pretrained=True")
     if kan_init is None:

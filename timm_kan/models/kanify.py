@@ -20,6 +20,7 @@ from timm.layers import ConvMlp, GatedMlp, GlobalResponseNormMlp, GluMlp, Mlp, S
 from timm.layers.activations import GELU, GELUTanh, QuickGELU
 
 from ..layers import KANFamily, family_of_type
+from ..layers.base import check_choice
 from ._freeze import apply_freeze_policy
 from ._pretrained import KAN_INITS, LoadReport, adapt_mlp_state, describe_keys, kan_ffn_prefixes
 from .kan_vit import _kan_args, check_family_kwarg
@@ -175,10 +176,8 @@ def _hidden_per_module(kan_hidden: Any, count: int) -> List[Optional[int]]:
 
 
 def _check_input(model: nn.Module, name: str, kan_init: str, unsupported: str) -> None:
-    if kan_init not in KAN_INITS:
-        raise ValueError(f'kanify: kan_init must be one of {KAN_INITS}, got {kan_init!r}')
-    if unsupported not in UNSUPPORTED:
-        raise ValueError(f'kanify: unsupported must be one of {UNSUPPORTED}, got {unsupported!r}')
+    check_choice('kan_init', kan_init, KAN_INITS, 'kanify')
+    check_choice('unsupported', unsupported, UNSUPPORTED, 'kanify')
     done = kan_ffn_prefixes(model)
     if done:
         raise ValueError(f'kanify: {name} already has {len(done)} KAN feed-forward blocks ({describe_keys(done, 3)}); '
